@@ -1,0 +1,70 @@
+"""Client events every protocol produces, and the protocol interface."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ProtocolError, SttServerError
+from ..results import Result
+
+
+@dataclass(frozen=True)
+class AudioIn:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class KeepAlive:
+    pass
+
+
+@dataclass(frozen=True)
+class Finalize:
+    pass
+
+
+@dataclass(frozen=True)
+class CloseStream:
+    pass
+
+
+ClientEvent = AudioIn | KeepAlive | Finalize | CloseStream
+
+
+class WireProtocol(ABC):
+    """One session's view of a protocol. Methods return text frames to send, in order."""
+
+    @abstractmethod
+    def opening(self, metadata: Mapping[str, Any]) -> list[str]:
+        """Frames sent right after the upgrade."""
+
+    @abstractmethod
+    def parse(self, frame: str | bytes) -> list[ClientEvent]:
+        """A client frame → events; raises ProtocolError (or AudioError) for a bad one."""
+
+    @abstractmethod
+    def result(self, result: Result) -> list[str]:
+        """Frames for one engine result."""
+
+    @abstractmethod
+    def error(self, error: SttServerError) -> list[str]:
+        """Frames reporting an error; the session may go on afterwards."""
+
+
+def decode_base64_audio(value: Any, *, field: str) -> bytes:
+    """Base64 text (optionally a ``data:...;base64,`` URL) → bytes, strictly."""
+    if not isinstance(value, str):
+        raise ProtocolError(f"{field} must be a base64 string", code="bad_base64")
+    if value.startswith("data:"):
+        header, sep, value = value.partition(",")
+        if not sep or not header.endswith(";base64"):
+            raise ProtocolError(f"{field} is a data URL without ';base64,'", code="bad_base64")
+    try:
+        return base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError(f"{field} is not valid base64", code="bad_base64") from None

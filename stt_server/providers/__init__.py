@@ -1,0 +1,73 @@
+"""The provider plugin dict: name → import string, imported only when a provider is used.
+
+Finding, loading and validating are separate steps (as flake8's plugin finder does): a
+provider that fails to import becomes a ProviderError naming it, not a crash elsewhere.
+Third-party engines register under the entry-point group ``stt_server.providers``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+
+from ..config import Config, ProviderConfig, build
+from ..errors import ConfigError, ProviderError
+from .base import Provider, TranscriptionStream
+
+__all__ = ["BUILTIN_PROVIDERS", "ENTRY_POINT_GROUP", "Provider", "TranscriptionStream", "discover",
+           "load_class", "create"]
+
+BUILTIN_PROVIDERS: Mapping[str, str] = {
+    "whisper": "stt_server.providers.whisper:WhisperProvider",
+    "null": "stt_server.providers.null:NullProvider",
+    "google": "stt_server.providers.google:GoogleProvider",
+    "pocketsphinx": "stt_server.providers.pocketsphinx:PocketsphinxProvider",
+}
+
+ENTRY_POINT_GROUP = "stt_server.providers"
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    name: str
+    import_string: str
+    origin: str  # "built-in", "entry point" or "config"
+
+
+def discover(config: Config | None = None) -> dict[str, ProviderSpec]:
+    """Every provider we know of: built-ins, entry points, then ``module:`` keys in config."""
+    found = {name: ProviderSpec(name, target, "built-in") for name, target in BUILTIN_PROVIDERS.items()}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ProviderSpec(ep.name, ep.value, "entry point"))
+    if config is not None:
+        for entry in config.providers:
+            if entry.module:
+                found[entry.name] = ProviderSpec(entry.name, entry.module, "config")
+    return found
+
+
+def load_class(spec: ProviderSpec) -> type[Provider]:
+    module_name, _, attr = spec.import_string.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        cls = getattr(module, attr) if attr else module
+    except Exception as exc:  # any import failure is this provider's, not the server's
+        raise ProviderError(f"provider {spec.name!r} ({spec.import_string}) cannot be imported: "
+                            f"{type(exc).__name__}: {exc}", code="provider_unavailable") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Provider)):
+        raise ProviderError(f"provider {spec.name!r}: {spec.import_string} is not a Provider subclass",
+                            code="provider_unavailable")
+    return cls
+
+
+def create(entry: ProviderConfig, specs: Mapping[str, ProviderSpec], source: str | None) -> Provider:
+    """Import the provider named in a config entry and validate its options."""
+    spec = specs.get(entry.name)
+    if spec is None:
+        raise ConfigError(f"{source or 'built-in defaults'}: providers.{entry.name}: no such provider "
+                          f"(known: {', '.join(sorted(specs))}); set 'module: package.module:Class'")
+    cls = load_class(spec)
+    options = build(cls.Options, dict(entry.options), key=f"providers.{entry.name}", source=source)
+    return cls(options)
