@@ -18,7 +18,7 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from .audio import AudioDecoder, open_decoder
+from .audio import AudioDecoder, PassthroughDecoder, open_decoder
 from .audio_format import PCM16, AudioFormat
 from .errors import AudioError, ProtocolError, ProviderError, SttServerError
 from .handshake import SessionContext
@@ -71,6 +71,7 @@ class SessionRunner:
         self.stats = SessionStats()
         self.stream_format: AudioFormat = provider.input_format(context.params.audio)
         self._close: tuple[int, str] | None = None  # first reason to close wins
+        self._decoder: AudioDecoder = PassthroughDecoder()  # replaced in run()
 
     def _request_close(self, code: int, reason: str) -> None:
         if self._close is None:
@@ -78,7 +79,7 @@ class SessionRunner:
 
     async def run(self) -> None:
         params = self.context.params
-        decoder = open_decoder(params.audio, self.stream_format)
+        self._decoder = open_decoder(params.audio, self.stream_format)
         stream = self.provider.open_stream(params, self.stream_format)
         self.log.info("session opened", encoding=params.audio.encoding, language=params.language,
                       endpoint=params.endpoint.value)
@@ -86,8 +87,8 @@ class SessionRunner:
         sender = asyncio.create_task(self._send_results(stream), name=f"results-{self.context.session_id}")
         client_gone = False
         try:
-            client_gone = await self._read_frames(decoder, stream)
-            await self._feed(stream, await decoder.finish())
+            client_gone = await self._read_frames(stream)
+            await self._feed(stream, await self._decoder.finish())
         except AudioError as error:
             self.log.info("bad audio", code=error.code, reason=error.message)
             await self._report(error)
@@ -96,7 +97,7 @@ class SessionRunner:
             await self._report(error)
             self._request_close(error.close_code, error.code)
         finally:
-            decoder.close()
+            self._decoder.close()
             await self._finish_stream(stream, sender)
         code, reason = self._close or (CLOSE_NORMAL, "")
         if not client_gone:
@@ -104,7 +105,7 @@ class SessionRunner:
         self.log.info("session closed", close_code=self.connection.close_code or code,
                       client_gone=client_gone, **self.stats.summary())
 
-    async def _read_frames(self, decoder: AudioDecoder, stream: TranscriptionStream) -> bool:
+    async def _read_frames(self, stream: TranscriptionStream) -> bool:
         """Read until CloseStream (False) or the client goes away (True)."""
         try:
             async for frame in self.connection:
@@ -117,19 +118,41 @@ class SessionRunner:
                 for event in events:
                     if isinstance(event, AudioIn):
                         self.stats.bytes_in += len(event.data)
-                        await self._feed(stream, await decoder.decode(event.data))
+                        if not await self._decode_and_feed(stream, event.data):
+                            break
                     elif isinstance(event, Finalize):
                         await stream.finalize()
                     elif isinstance(event, CloseStream):
                         return False
                     elif isinstance(event, KeepAlive):
                         pass
+                await self._send(self.protocol.acknowledge())
                 if self._close is not None:  # the sender saw a fatal engine error
                     return False
         except ConnectionClosed:
             return True
         # The iterator ended: the client closed, or the sender closed after an engine failure.
         return self._close is None
+
+    async def _decode_and_feed(self, stream: TranscriptionStream, data: bytes) -> bool:
+        """Decode one chunk and feed it; False when bad audio was reported and the session
+        goes on without the rest of this frame (protocols whose audio errors are not fatal)."""
+        try:
+            await self._feed(stream, await self._decoder.decode(data))
+            return True
+        except AudioError as error:
+            if self.protocol.audio_errors_are_fatal:
+                raise
+            self.log.info("bad audio; starting a fresh decoder", code=error.code, reason=error.message)
+            await self._report(error)
+            broken, self._decoder = self._decoder, open_decoder(self.context.params.audio, self.stream_format)
+            try:
+                await self._feed(stream, await broken.finish())  # what decoded before the error
+            except AudioError:
+                pass
+            finally:
+                broken.close()
+            return False
 
     async def _feed(self, stream: TranscriptionStream, audio: bytes) -> None:
         if not audio:

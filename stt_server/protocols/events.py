@@ -39,6 +39,10 @@ ClientEvent = AudioIn | KeepAlive | Finalize | CloseStream
 class WireProtocol(ABC):
     """One session's view of a protocol. Methods return text frames to send, in order."""
 
+    #: Whether undecodable audio ends the session (Deepgram closes with 1008). A protocol that
+    #: says False gets an :meth:`error` frame and a fresh decoder, and the session goes on.
+    audio_errors_are_fatal: bool = True
+
     @abstractmethod
     def opening(self, metadata: Mapping[str, Any]) -> list[str]:
         """Frames sent right after the upgrade."""
@@ -54,6 +58,11 @@ class WireProtocol(ABC):
     @abstractmethod
     def error(self, error: SttServerError) -> list[str]:
         """Frames reporting an error; the session may go on afterwards."""
+
+    def acknowledge(self) -> list[str]:
+        """Frames answering the client frame just handled, sent once its audio reached the
+        engine. Request/reply protocols (the seed's) use it; streaming ones send nothing."""
+        return []
 
 
 def decode_base64_audio(value: Any, *, field: str) -> bytes:
