@@ -47,11 +47,14 @@ class ServerConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     # Longest wait for an engine's last finals once a stream has ended.
     flush_timeout_seconds: float = 60.0
+    # Open sessions allowed in total; past it new ones get 503 before the upgrade. 0 = no limit.
+    max_sessions: int = 1000
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "server.port", "must be between 0 and 65535")
         _check(self.max_message_bytes >= 1024, "server.max_message_bytes", "must be at least 1024")
         _check(self.flush_timeout_seconds > 0, "server.flush_timeout_seconds", "must be positive")
+        _check(self.max_sessions >= 0, "server.max_sessions", "must be 0 (no limit) or more")
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from . import providers as provider_registry
+from . import web
 from .config import Config
 from .errors import CapacityError, ProviderError, SttServerError
-from .handshake import TOKEN_SUBPROTOCOL, SessionContext, accept_session, error_body
+from .handshake import TOKEN_SUBPROTOCOL, SessionContext, accept_session, error_body, token_from_request
 from .logs import get_logger
 from .protocols import WireProtocol
 from .protocols.native import NativeProtocol
@@ -41,6 +42,11 @@ def json_response(status: http.HTTPStatus, body: bytes, extra: Mapping[str, str]
     headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(body))),
                        ("Connection", "close"), *(extra or {}).items()])
     return Response(status.value, status.phrase, headers, body)
+
+
+def file_response(page: web.StaticFile) -> Response:
+    headers = Headers([*page.headers().items(), ("Content-Length", str(len(page.body))), ("Connection", "close")])
+    return Response(http.HTTPStatus.OK.value, http.HTTPStatus.OK.phrase, headers, page.body)
 
 
 class SttServer:
@@ -122,9 +128,14 @@ class SttServer:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
             return json_response(http.HTTPStatus.OK, b'{"status":"ok"}\n')
+        page = web.static_file(path)
+        if page is not None and "Upgrade" not in request.headers:
+            return file_response(page)
         if self.tokens.refresh():
             self.log.info("token file reloaded", entries=len(self.tokens.table.entries))
             self._log_token_problems()
+        if path == web.PROVIDERS_PATH:
+            return self._providers_response(request)
         try:
             context = accept_session(
                 request.path, request.headers, config=self.config, tokens=self.tokens.table,
@@ -152,7 +163,26 @@ class SttServer:
         if self._sessions_by_token[context.token.name] <= 0:
             del self._sessions_by_token[context.token.name]
 
+    def _providers_response(self, request: Request) -> Response:
+        """The kiosk page's menu. No token needed; a presented token narrows the list to what
+        it may use, and a bad one gets 401, so the page can say so before connecting."""
+        token = token_from_request(request.path, request.headers, [])
+        allowed = None
+        if token is not None:
+            try:
+                entry = self.tokens.authenticate(token)
+            except SttServerError as error:
+                return json_response(http.HTTPStatus(error.http_status), error_body(error))
+            allowed = [name for name in self.providers if entry.allows(name)]
+        body = web.providers_body(enabled=self.providers.keys(), default=self.config.server.default_provider,
+                                  language=self.config.session.language, allowed=allowed)
+        return json_response(http.HTTPStatus.OK, body, {"Cache-Control": "no-store"})
+
     def _check_capacity(self, context: SessionContext) -> None:
+        total = self.config.server.max_sessions
+        if total and len(self._contexts) >= total:
+            raise CapacityError(f"the server is at its limit of {total} sessions; try again later",
+                                code="server_session_limit")
         limit = context.token.max_sessions
         if limit is not None and self._sessions_by_token[context.token.name] >= limit:
             raise CapacityError(f"token {context.token.name!r} already has {limit} open sessions",

@@ -1,0 +1,79 @@
+"""Plain HTTP answers given before any upgrade: the kiosk page, its assets, and the provider list.
+
+Pure apart from reading the packaged files in ``stt_server/static/`` (once, then cached).
+The page is served from the same origin as the websocket endpoints, so it needs no CORS and
+no CDN: everything it uses ships in the package.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+STATIC_FOLDER = "static"
+
+# URL path → file in stt_server/static/. A fixed table: no client-chosen path reaches the
+# file system.
+PAGES: Mapping[str, str] = {
+    "/": "kiosk.html",
+    "/index.html": "kiosk.html",
+    "/static/kiosk.js": "kiosk.js",
+    "/static/kiosk.css": "kiosk.css",
+    "/static/favicon.svg": "favicon.svg",
+    "/favicon.ico": "favicon.svg",
+}
+
+CONTENT_TYPES: Mapping[str, str] = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+
+# The page loads only its own files and talks only to its own origin (ws/wss included).
+_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self' ws: wss:; media-src 'self' blob:; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'")
+
+PROVIDERS_PATH = "/v1/providers"
+
+
+@dataclass(frozen=True)
+class StaticFile:
+    body: bytes
+    content_type: str
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": self.content_type, "Cache-Control": "no-cache",
+                   "X-Content-Type-Options": "nosniff"}
+        if self.content_type.startswith("text/html"):
+            headers["Content-Security-Policy"] = _CSP
+            headers["Referrer-Policy"] = "no-referrer"
+        return headers
+
+
+def static_file(path: str) -> StaticFile | None:
+    """The packaged file served at ``path``, or None when ``path`` is not a page or asset."""
+    name = PAGES.get(path)
+    return _load(name) if name is not None else None
+
+
+@cache
+def _load(name: str) -> StaticFile:
+    body = resources.files("stt_server").joinpath(STATIC_FOLDER, name).read_bytes()
+    suffix = name[name.rfind("."):]
+    return StaticFile(body, CONTENT_TYPES.get(suffix, "application/octet-stream"))
+
+
+def providers_body(*, enabled: Collection[str], default: str, language: str,
+                   allowed: Collection[str] | None = None) -> bytes:
+    """``GET /v1/providers``: what a client may choose. ``allowed`` narrows the list to what a
+    presented token may use (None: no token presented, every enabled provider)."""
+    names = sorted(name for name in enabled if allowed is None or name in allowed)
+    body: dict[str, Any] = {"providers": names, "default": default if default in names else (names or [None])[0],
+                            "language": language}
+    return json.dumps(body).encode() + b"\n"
