@@ -135,16 +135,17 @@ def audio_available(sample: Sample) -> list[tuple[int, float]]:
     points = []
     with av.open(io.BytesIO(sample.data)) as source:
         stream = source.streams.audio[0]
-        wav_start = 0
-        if sample.client.encoding == "wav":
-            wav_start = sample.data.index(b"data") + 8
+        if sample.client.encoding == "wav":  # 16-bit samples after the header, no packets
+            start = sample.data.index(b"data") + 8
             rate = stream.sample_rate * stream.channels * 2
-            return [(n, max(0, n - wav_start) / rate) for n in range(0, len(sample.data) + 1, rate // 100)]
-        for packet in source.demux(stream):
-            if packet.pos is None or packet.pts is None or packet.duration is None:
-                continue
-            end = float((packet.pts + packet.duration) * packet.time_base)
-            points.append((packet.pos + packet.size, end))
+            return [(n, max(0, n - start) / rate) for n in range(0, len(sample.data) + 1, rate // 100)]
+        packets = [(packet.pos, float((packet.pts + packet.duration) * packet.time_base))
+                   for packet in source.demux(stream)
+                   if packet.pos is not None and packet.pts is not None and packet.duration is not None]
+    # A packet is whole once the next page or block begins (packet.size leaves out headers).
+    starts = sorted({pos for pos, _ in packets} | {len(sample.data)})
+    for pos, end in packets:
+        points.append((next(s for s in starts if s > pos), end))
     return points
 
 
