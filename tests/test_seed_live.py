@@ -241,3 +241,25 @@ async def test_kiosk_page_is_served_offline(seed_server: LiveServer, path: str, 
 async def test_unknown_http_path_is_404(seed_server: LiveServer) -> None:
     status, _, _ = await asyncio.to_thread(http_get, seed_server.http_url + "/static/../../etc/passwd")
     assert status == 404
+
+
+async def test_bad_audio_is_a_400_and_a_new_recording_still_decodes(make_server: Callable[..., LiveServer]) -> None:
+    from audio_files import encode
+
+    # null without passthrough: the server decodes the audio as it would for a real engine.
+    live = make_server({"server": {"default_provider": "null"},
+                        "providers": {"whisper": {"enabled": False}, "null": {"passthrough": False}}})
+    webm = encode("webm", "libopus", rate=48_000, layout="stereo", bit_rate=64_000, live=True)
+    chunks = [webm[i:i + 4800] for i in range(0, len(webm), 4800)][:10]
+    async with websockets.connect(live.url(SEED_PATH)) as ws:
+        garbage = base64.b64encode(b"this is no audio container at all" * 4).decode()
+        await ws.send(json.dumps({"action": "transcribe", "request_id": 1, "voice_stream": garbage}))
+        bad = await recv_json(ws)
+        assert bad["response_status"] == 400 and bad["request_id"] == 1 and bad["action"] == "transcribe"
+        assert "could not recognise the audio container" in bad["errors"][0]
+        # The recorder restarts (a fresh WebM header): decoding works again on the same session.
+        for request_id, chunk in enumerate(chunks, start=2):
+            await ws.send(json.dumps({"action": "transcribe", "request_id": request_id,
+                                      "voice_stream": base64.b64encode(chunk).decode()}))
+            reply = await recv_json(ws, timeout=10)
+            assert (reply["response_status"], reply["request_id"], reply["errors"]) == (200, request_id, [])
