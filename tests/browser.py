@@ -71,6 +71,12 @@ def chromium(mic_wav: Path, profile_dir: Path, *, width: int = 1280, height: int
         driver.quit()
 
 
+def emulate_viewport(driver: Any, width: int, height: int, *, mobile: bool) -> None:
+    """Exact viewport (window sizes include browser chrome, and headless has a minimum width)."""
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile})
+
+
 def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.25) -> Any:
     """Poll ``condition`` until it returns something truthy; return it, or the last value on timeout."""
     deadline = time.monotonic() + timeout

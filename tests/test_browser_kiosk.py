@@ -1,7 +1,8 @@
 """The kiosk page (served at /) in real headless Chromium, a wav file as the microphone.
 
-Saves screenshots to test-artifacts/: kiosk.png (1280x800, after the session) and
-kiosk-phone.png (390x844).
+Saves screenshots to test-artifacts/: kiosk.png (1280x800 after the session),
+kiosk-listening.png (while tentative text shows), kiosk-phone.png (390x844) and
+kiosk-phone-error.png (a wrong token on a phone).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from browser import ARTIFACTS, chromium, console_log, require_chromium, wait_for, write_mic_wav
+from browser import ARTIFACTS, chromium, console_log, emulate_viewport, require_chromium, wait_for, write_mic_wav
 from conftest import LiveServer
 from support import JFK_TEXT, wer
 
@@ -35,6 +36,7 @@ def test_kiosk_page_transcribes_the_microphone(live_server: LiveServer, tmp_path
 
     mic = write_mic_wav(tmp_path / "jfk-mic.wav")
     with chromium(mic, tmp_path / "profile", width=1280, height=800) as driver:
+        emulate_viewport(driver, 1280, 800, mobile=False)
         driver.get(live_server.http_url + "/")
         assert wait_for(lambda: driver.find_element(By.ID, "toggle").is_enabled(), timeout=10), console_log(driver)
         providers = [o.get_attribute("value") for o in Select(driver.find_element(By.ID, "provider")).options]
@@ -54,6 +56,8 @@ def test_kiosk_page_transcribes_the_microphone(live_server: LiveServer, tmp_path
         saw_interim = wait_for(lambda: text_of(driver, "interim"), timeout=15)
         interim_style = driver.execute_script(
             "return getComputedStyle(document.getElementById('interim')).fontStyle")
+        ARTIFACTS.mkdir(exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "kiosk-listening.png"))
         # The whole recording is played in real time (11.5 s), then a second of silence ends it.
         wait_for(lambda: wer(JFK_TEXT, text_of(driver, "final")) <= MAX_WER, timeout=60)
         driver.find_element(By.ID, "toggle").click()  # Stop: the last finals, then a normal close
@@ -62,9 +66,8 @@ def test_kiosk_page_transcribes_the_microphone(live_server: LiveServer, tmp_path
         final = text_of(driver, "final")
         assert not driver.find_element(By.ID, "error").is_displayed(), text_of(driver, "error")
 
-        ARTIFACTS.mkdir(exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "kiosk.png"))
-        driver.set_window_size(390, 844)
+        emulate_viewport(driver, 390, 844, mobile=True)
         driver.save_screenshot(str(ARTIFACTS / "kiosk-phone.png"))
         # Nothing overflows sideways on a phone.
         assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
@@ -84,7 +87,8 @@ def test_kiosk_page_says_when_the_token_is_wrong(live_server: LiveServer, tmp_pa
     from selenium.webdriver.common.by import By
 
     mic = write_mic_wav(tmp_path / "jfk-mic.wav")
-    with chromium(mic, tmp_path / "profile", width=390, height=844) as driver:
+    with chromium(mic, tmp_path / "profile", width=500, height=900) as driver:
+        emulate_viewport(driver, 390, 844, mobile=True)
         driver.get(live_server.http_url + "/")
         assert wait_for(lambda: driver.find_element(By.ID, "toggle").is_enabled(), timeout=10)
         driver.find_element(By.ID, "token").send_keys("not-a-token")

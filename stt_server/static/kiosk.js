@@ -10,6 +10,9 @@
   const CHUNK_MS = 250;           // MediaRecorder timeslice, as the seed's client used
   const FINISH_TIMEOUT_MS = 30000; // wait this long for the last finals after Stop
   const MIME_TYPES = ["audio/webm;codecs=opus", "audio/ogg;codecs=opus", "audio/webm", "audio/ogg"];
+  // Speech engines do best on the plain signal: browser noise suppression and automatic gain
+  // smear the quiet starts of words. Echo cancellation stays on for kiosks with a speaker.
+  const AUDIO_CONSTRAINTS = {channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: false};
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -137,7 +140,7 @@
     let stream;
     try {
       setState("connecting", "Opening microphone…");
-      stream = await navigator.mediaDevices.getUserMedia({audio: {echoCancellation: true, noiseSuppression: true}});
+      stream = await navigator.mediaDevices.getUserMedia({audio: AUDIO_CONSTRAINTS});
     } catch (error) {
       setRunning(false);
       setState("error", "No microphone");
