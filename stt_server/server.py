@@ -92,6 +92,10 @@ class SttServer:
             select_subprotocol=self._select_subprotocol,
             process_response=self._process_response,
             server_header=None,
+            # Audio (Opus, PCM, base64 of either) does not compress: permessage-deflate, which
+            # browsers always offer, cost ~40% of the server's CPU per message in the relay
+            # benchmark (bench/RESULTS.md) and saved little bandwidth.
+            compression=None,
             # Limits.
             max_size=server_config.max_message_bytes,
         )
