@@ -198,7 +198,7 @@ async def connect_all(url: str, count: int, compression: bool, run: Run) -> list
             try:
                 return await websockets.connect(url, compression="deflate" if compression else None,
                                                 open_timeout=30, max_size=None, ping_interval=None)
-            except (OSError, InvalidStatus, asyncio.TimeoutError, websockets.WebSocketException) as exc:
+            except (TimeoutError, OSError, InvalidStatus, websockets.WebSocketException) as exc:
                 run.error(f"connect: {type(exc).__name__}")
                 return None
 
@@ -285,7 +285,7 @@ async def open_loop(url: str, connections: int, rate: float, duration: float, wa
                     run.error(f"reply {reply.get('response_status')}")
                 else:
                     run.latencies.append(done - at)
-        except (asyncio.TimeoutError, websockets.ConnectionClosed):
+        except (TimeoutError, websockets.ConnectionClosed):
             lost = sum(1 for at in scheduled.values() if at >= start)
             run.sent += lost
             run.error("no reply", lost)
@@ -351,7 +351,7 @@ async def over_limit(server: Server, limit: int, compression: bool, extra: int =
         except InvalidStatus as exc:
             key = str(exc.response.status_code)
             statuses[key] = statuses.get(key, 0) + 1
-        except (OSError, asyncio.TimeoutError, websockets.WebSocketException) as exc:
+        except (TimeoutError, OSError, websockets.WebSocketException) as exc:
             statuses[type(exc).__name__] = statuses.get(type(exc).__name__, 0) + 1
     rss = server.rss_mib()
     await close_all(held)

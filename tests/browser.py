@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from support import JFK_FLAC, load_pcm16
 
 CHROMIUM = Path("/usr/lib/chromium/chromium")

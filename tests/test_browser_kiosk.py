@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from browser import ARTIFACTS, chromium, console_log, emulate_viewport, require_chromium, wait_for, write_mic_wav
 from conftest import LiveServer
 from support import JFK_TEXT, wer

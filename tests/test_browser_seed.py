@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from browser import ARTIFACTS, chromium, console_log, require_chromium, static_site, wait_for, write_mic_wav
 from conftest import LiveServer, start_live_server
 from support import JFK_TEXT, REPO, wer

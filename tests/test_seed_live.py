@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 import websockets
+from conftest import LiveServer
 from websockets.exceptions import InvalidStatus
 
-from conftest import LiveServer
 from stt_server.audio_format import AudioFormat
 from stt_server.providers import Provider, TranscriptionStream
 from stt_server.results import Result
