@@ -179,6 +179,9 @@ class Run:
             "p99": float(np.percentile(lat, 99)), "max": float(np.max(lat)),
             "errors": self.errors, "error_kinds": dict(self.error_kinds), "rss_loaded_mib": self.rss_loaded_mib,
             "server_cpu": self.server_cpu, "client_cpu": self.client_cpu,
+            # Server CPU per reply: what the relay costs, whatever else the machine is running.
+            "server_us_per_msg": (self.server_cpu * self.duration / len(self.latencies) * 1e6
+                                  if self.server_cpu is not None and self.latencies else None),
         }
 
 
@@ -372,8 +375,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 TABLE_HEADER = ("| run | conns | replies | msg/s | p50 ms | p95 ms | p99 ms | max ms | errors "
-                "| server RSS peak MiB | server CPU | client CPU |\n"
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                "| server RSS peak MiB | server CPU | server CPU µs/msg | client CPU |\n"
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
 
 def table_row(r: dict[str, Any]) -> str:
@@ -383,12 +386,15 @@ def table_row(r: dict[str, Any]) -> str:
     errors = f"{r['errors']}" + (f" {r['error_kinds']}" if r["error_kinds"] else "")
     return (f"| {r['run']} | {r['conns']} | {r['replies']} | {r['msg_s']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} "
             f"| {r['p99']:.1f} | {r['max']:.1f} | {errors} | {fmt(r['rss_loaded_mib'], '{:.0f}')} "
-            f"| {fmt(r['server_cpu'], '{:.0%}')} | {fmt(r['client_cpu'], '{:.0%}')} |")
+            f"| {fmt(r['server_cpu'], '{:.0%}')} | {fmt(r['server_us_per_msg'], '{:.0f}')} "
+            f"| {fmt(r['client_cpu'], '{:.0%}')} |")
 
 
 async def suite(args: argparse.Namespace, server: Server) -> dict[str, Any]:
     url = server_url(server)
-    out: dict[str, Any] = {"rows": []}
+    out: dict[str, Any] = {"rows": [], "loadavg_before": os.getloadavg()}
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs",
+          flush=True)
     out["idle"] = await idle_rss(server, args.idle_sessions, args.compression)
     print(f"idle: {json.dumps(out['idle'])}", flush=True)
     print(TABLE_HEADER, flush=True)
@@ -404,6 +410,8 @@ async def suite(args: argparse.Namespace, server: Server) -> dict[str, Any]:
         out["over_limit"] = await over_limit(server, args.max_sessions, args.compression)
         print(f"over limit: {json.dumps(out['over_limit'])}", flush=True)
     out["rss_peak_mib"] = server.hwm_mib()
+    out["loadavg_after"] = os.getloadavg()
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     return out
 
 
