@@ -14,7 +14,7 @@ import av
 import numpy as np
 
 from stt_server.audio_format import AudioFormat
-from tests.support import JFK_FLAC, load_pcm16
+from support import JFK_FLAC, load_pcm16
 
 JFK_SECONDS = 11.0
 CHUNK_SECONDS = 0.25

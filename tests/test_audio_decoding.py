@@ -16,9 +16,9 @@ from stt_server.audio.raw import RawPcmDecoder
 from stt_server.audio.wav import parse_wav_header
 from stt_server.audio_format import AudioFormat, pcm16_mono
 from stt_server.errors import AudioError
-from tests.audio_files import (JFK_SECONDS, Sample, audio_available, envelope_similarity, make_samples,
+from audio_files import (JFK_SECONDS, Sample, audio_available, envelope_similarity, make_samples,
                                seconds_available)
-from tests.support import JFK_FLAC, load_pcm16
+from support import JFK_FLAC, load_pcm16
 
 TARGET = pcm16_mono(16_000)
 BYTES_PER_SECOND = 32_000
