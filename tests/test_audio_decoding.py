@@ -10,10 +10,8 @@ import time
 
 import pytest
 
-from stt_server.audio import open_decoder
-from stt_server.audio.container import ContainerDecoder
+from stt_server.audio import AudioDecoder, open_decoder
 from stt_server.audio.detect import is_mpeg_audio_frame, sniff
-from stt_server.audio.raw import RawPcmDecoder
 from stt_server.audio.wav import parse_wav_header
 from stt_server.audio_format import AudioFormat, pcm16_mono
 from stt_server.errors import AudioError
@@ -36,8 +34,7 @@ def reference() -> bytes:
     return load_pcm16(JFK_FLAC)
 
 
-async def decode_chunks(decoder: object, chunks: list[bytes]) -> bytes:
-    assert isinstance(decoder, (ContainerDecoder, RawPcmDecoder))
+async def decode_chunks(decoder: AudioDecoder, chunks: list[bytes]) -> bytes:
     out = bytearray()
     try:
         for chunk in chunks:
@@ -273,3 +270,19 @@ async def test_decode_does_not_block_the_event_loop(samples: dict[str, Sample]) 
     decoder.close()
     task.cancel()
     assert ticks >= min(5, int(elapsed / 0.002))
+
+
+# No encoding in the URL: the default raw format unless the bytes are a known container.
+
+@pytest.mark.parametrize("name", ["webm", "ogg", "wav", "flac", "mp3"])
+async def test_undeclared_encoding_detects_containers(name: str, samples: dict[str, Sample]) -> None:
+    default = AudioFormat("linear16", 16_000, 1, declared=False)
+    pcm = await decode_chunks(open_decoder(default, TARGET), samples[name].chunks())
+    assert abs(len(pcm) / BYTES_PER_SECOND - JFK_SECONDS) <= 0.3
+
+
+async def test_undeclared_encoding_defaults_to_raw(reference: bytes) -> None:
+    default = AudioFormat("linear16", 16_000, 1, declared=False)
+    pcm = await decode_chunks(open_decoder(default, TARGET), [reference[i:i + 5] for i in range(0, 40, 5)]
+                              + [reference[40:]])
+    assert pcm == reference

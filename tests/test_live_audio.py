@@ -151,3 +151,11 @@ async def test_disconnect_mid_stream_ends_the_decoder_thread(live_server, sample
             await ws.close()
         await asyncio.wait_for(reader, 30)
     assert await wait_for_threads(baseline) == (baseline, 0)
+
+
+async def test_no_encoding_in_the_url_detects_webm(live_server, samples: dict[str, Sample]) -> None:
+    """A browser that names no encoding still gets its MediaRecorder WebM transcribed."""
+    transcript = await stream_audio(live_server.url(), samples["webm"].chunks())
+    assert not transcript.of_type("Error")
+    assert transcript.close_code == 1000
+    assert wer(JFK_TEXT, transcript.text) <= MAX_WER
