@@ -9,15 +9,14 @@ import threading
 import time
 
 import pytest
+from audio_files import JFK_SECONDS, Sample, audio_available, envelope_similarity, make_samples, seconds_available
+from support import JFK_FLAC, load_pcm16
 
 from stt_server.audio import AudioDecoder, open_decoder
 from stt_server.audio.detect import is_mpeg_audio_frame, sniff
 from stt_server.audio.wav import parse_wav_header
 from stt_server.audio_format import AudioFormat, pcm16_mono
 from stt_server.errors import AudioError
-from audio_files import (JFK_SECONDS, Sample, audio_available, envelope_similarity, make_samples,
-                               seconds_available)
-from support import JFK_FLAC, load_pcm16
 
 TARGET = pcm16_mono(16_000)
 BYTES_PER_SECOND = 32_000
