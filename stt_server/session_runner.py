@@ -78,8 +78,14 @@ class SessionRunner:
 
     async def run(self) -> None:
         params = self.context.params
-        decoder = open_decoder(params.audio, self.stream_format)
-        stream = self.provider.open_stream(params, self.stream_format)
+        try:
+            decoder = open_decoder(params.audio, self.stream_format)
+            stream = self.provider.open_stream(params, self.stream_format)
+        except SttServerError as error:  # normally caught before the upgrade by check_session
+            self.log.warning("cannot open stream", code=error.code, reason=error.message)
+            await self._report(error)
+            await self.connection.close(error.close_code, error.code)
+            return
         self.log.info("session opened", encoding=params.audio.encoding, language=params.language,
                       endpoint=params.endpoint.value)
         await self._send(self.protocol.opening(self._metadata()))
