@@ -24,12 +24,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "tests")]  # the test helpers make the sample files
 
-from stt_server.audio import open_decoder  # noqa: E402
-from stt_server.audio_format import pcm16_mono  # noqa: E402
-from tests.audio_files import (CHUNK_SECONDS, Sample, audio_available, make_samples,  # noqa: E402
-                               seconds_available)
+from audio_files import CHUNK_SECONDS, Sample, audio_available, make_samples, seconds_available
+
+from stt_server.audio import open_decoder
+from stt_server.audio_format import pcm16_mono
 
 TARGET = pcm16_mono(16_000)
 BYTES_PER_SECOND = 32_000

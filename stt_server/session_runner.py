@@ -92,19 +92,28 @@ class SessionRunner:
         await self._send(self.protocol.opening(self._metadata()))
         sender = asyncio.create_task(self._send_results(stream), name=f"results-{self.context.session_id}")
         client_gone = False
+        audio_error: AudioError | None = None
         try:
-            client_gone = await self._read_frames(stream)
-            await self._feed(stream, await self._decoder.finish())
-        except AudioError as error:
-            self.log.info("bad audio", code=error.code, reason=error.message)
-            await self._report(error)
-            self._request_close(error.close_code, error.code)
+            try:
+                client_gone = await self._read_frames(stream)
+                await self._feed(stream, await self._decoder.finish())
+            except AudioError as error:
+                # Bad bytes end the input, but what decoded before them is still transcribed:
+                # its finals go out first, then the Error, then the close.
+                self.log.info("bad audio", code=error.code, reason=error.message)
+                audio_error = error
+                self._request_close(error.close_code, error.code)
+                await self._feed(stream, await self._decoder.finish())
+        except AudioError:
+            pass  # finish() after a decode() error returns the rest; this is only belt and braces
         except ProviderError as error:
             await self._report(error)
             self._request_close(error.close_code, error.code)
         finally:
             self._decoder.close()
             await self._finish_stream(stream, sender)
+        if audio_error is not None:
+            await self._report(audio_error)
         code, reason = self._close or (CLOSE_NORMAL, "")
         if not client_gone:
             await self.connection.close(code, reason)

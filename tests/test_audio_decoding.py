@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import threading
 import time
 
 import pytest
+from audio_files import JFK_SECONDS, Sample, audio_available, envelope_similarity, make_samples, seconds_available
+from support import JFK_FLAC, load_pcm16
 
-from stt_server.audio import open_decoder
-from stt_server.audio.container import ContainerDecoder
+from stt_server.audio import AudioDecoder, open_decoder
 from stt_server.audio.detect import is_mpeg_audio_frame, sniff
-from stt_server.audio.raw import RawPcmDecoder
 from stt_server.audio.wav import parse_wav_header
 from stt_server.audio_format import AudioFormat, pcm16_mono
 from stt_server.errors import AudioError
-from tests.audio_files import (JFK_SECONDS, Sample, audio_available, envelope_similarity, make_samples,
-                               seconds_available)
-from tests.support import JFK_FLAC, load_pcm16
 
 TARGET = pcm16_mono(16_000)
 BYTES_PER_SECOND = 32_000
@@ -35,8 +33,7 @@ def reference() -> bytes:
     return load_pcm16(JFK_FLAC)
 
 
-async def decode_chunks(decoder: object, chunks: list[bytes]) -> bytes:
-    assert isinstance(decoder, (ContainerDecoder, RawPcmDecoder))
+async def decode_chunks(decoder: AudioDecoder, chunks: list[bytes]) -> bytes:
     out = bytearray()
     try:
         for chunk in chunks:
@@ -180,7 +177,7 @@ async def test_error_after_audio_keeps_decoded_audio(samples: dict[str, Sample])
     """Bad bytes mid-stream: decode() raises, finish() returns the audio decoded before."""
     data = samples["mp3"].data
     half = len(data) // 2
-    bad = data[:half] + bytes([0xFF, 0xFB, 0x90, 0x64]) + os.urandom(8000) + data[half:]
+    bad = data[:half] + bytes([0xFF, 0xFB, 0x90, 0x64]) + random.Random(3).randbytes(8000) + data[half:]
     decoder = open_decoder(AudioFormat("mp3"), TARGET)
     decoded = bytearray()
     with pytest.raises(AudioError) as caught:
@@ -272,3 +269,19 @@ async def test_decode_does_not_block_the_event_loop(samples: dict[str, Sample]) 
     decoder.close()
     task.cancel()
     assert ticks >= min(5, int(elapsed / 0.002))
+
+
+# No encoding in the URL: the default raw format unless the bytes are a known container.
+
+@pytest.mark.parametrize("name", ["webm", "ogg", "wav", "flac", "mp3"])
+async def test_undeclared_encoding_detects_containers(name: str, samples: dict[str, Sample]) -> None:
+    default = AudioFormat("linear16", 16_000, 1, declared=False)
+    pcm = await decode_chunks(open_decoder(default, TARGET), samples[name].chunks())
+    assert abs(len(pcm) / BYTES_PER_SECOND - JFK_SECONDS) <= 0.3
+
+
+async def test_undeclared_encoding_defaults_to_raw(reference: bytes) -> None:
+    default = AudioFormat("linear16", 16_000, 1, declared=False)
+    pcm = await decode_chunks(open_decoder(default, TARGET), [reference[i:i + 5] for i in range(0, 40, 5)]
+                              + [reference[40:]])
+    assert pcm == reference
