@@ -130,5 +130,5 @@ def test_seed_client_verbatim_shows_the_transcript(seed_server: LiveServer, tmp_
         driver.save_screenshot(str(ARTIFACTS / "seed-client.png"))
     measured = wer(JFK_TEXT, text)
     (ARTIFACTS / "seed-client.txt").write_text(f"WER {measured:.3f}\n{text}\n", encoding="utf-8")
-    print(f"seed client transcript (WER {measured:.1%}): {text!r}")
+    print(f"seed client transcript (WER {measured:.1%}, server port {seed_server.port}): {text!r}")
     assert measured <= MAX_WER, f"WER {measured:.1%} for {text!r}"
