@@ -206,10 +206,10 @@ class SttServer:
         """Apply a new, already validated config's safe keys; re-read the token file and the TLS
         certificate. Sessions already open keep the limits they started with."""
         plan = plan_reload(self.config, config)
+        if self._ssl is not None:  # renewed certificate files; a bad one raises, nothing changed
+            _load_certificate(self._ssl, plan.config)
         self.config = plan.config
         set_level(self.config.logging.level)
-        if self._ssl is not None:
-            _load_certificate(self._ssl, self.config)
         self.tokens.refresh(force=True)
         self._log_token_problems()
         self.log.info("configuration reloaded", changed=list(plan.applied) or "nothing",
