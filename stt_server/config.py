@@ -79,6 +79,9 @@ class LimitsConfig:
     # Websocket ping every N s; no pong within ping_timeout_seconds closes the session 1011 (0 = off).
     ping_interval_seconds: float = 20.0
     ping_timeout_seconds: float = 20.0
+    # After the server's close frame (or a ping timeout), how long the client gets to answer
+    # before the TCP connection is dropped.
+    close_timeout_seconds: float = 5.0
     # Browser Origin values allowed to open sessions (exact match, e.g. "https://app.example.com");
     # empty = any. Requests without an Origin header (non-browser clients) are always allowed.
     allowed_origins: tuple[str, ...] = ()
@@ -92,6 +95,7 @@ class LimitsConfig:
         _check(self.handshake_timeout_seconds > 0, "limits.handshake_timeout_seconds", "must be positive")
         _check(self.ping_interval_seconds >= 0, "limits.ping_interval_seconds", "must be 0 (off) or positive")
         _check(self.ping_timeout_seconds >= 0, "limits.ping_timeout_seconds", "must be 0 (off) or positive")
+        _check(self.close_timeout_seconds > 0, "limits.close_timeout_seconds", "must be positive")
         for index, origin in enumerate(self.allowed_origins):
             _check("://" in origin and not origin.endswith("/"), f"limits.allowed_origins[{index}]",
                    f"{origin!r} is not an origin like https://app.example.com (scheme, host, no path)")

@@ -141,6 +141,7 @@ class SttServer:
             open_timeout=limits.handshake_timeout_seconds,
             ping_interval=limits.ping_interval_seconds or None,
             ping_timeout=limits.ping_timeout_seconds or None,
+            close_timeout=limits.close_timeout_seconds,
             # Limits.
             max_size=server_config.max_message_bytes,
         )
