@@ -424,7 +424,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return overrides
 
 
-def load(path: str | None, *, overrides: Mapping[str, Any] = (), environ: Mapping[str, str] | None = None,
+def load(path: str | None, *, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
          default_path: str = "config.yaml") -> Config:
     """Load the config file (or defaults when there is none), then env, then explicit overrides.
 
@@ -443,5 +443,5 @@ def load(path: str | None, *, overrides: Mapping[str, Any] = (), environ: Mappin
         source, data = None, {}
     if data is not None and not isinstance(data, Mapping):
         raise ConfigError(f"{_where(source)}: expected a mapping at the top level")
-    data = apply_overrides(data, {**env_overrides(environ), **dict(overrides)})
+    data = apply_overrides(data, {**env_overrides(environ), **dict(overrides or {})})
     return from_mapping(data, source=source)

@@ -245,6 +245,7 @@ class SttServer:
                 request.path, request.headers, config=self.config, tokens=self.tokens.table,
                 providers=self.providers.keys(), peer=self._peer(connection),
             )
+            self.providers[context.params.provider].check_session(context.params)
             self._check_capacity(context)
         except SttServerError as error:
             self.log.info("handshake refused", status=error.http_status, code=error.code,

@@ -118,14 +118,15 @@ class SessionRunner:
     async def _run(self) -> None:
         params = self.context.params
         try:
+            decoder = open_decoder(params.audio, self.stream_format)
             stream = self.provider.open_stream(params, self.stream_format)
-        except SttServerError as error:  # e.g. an engine at capacity: 1013
-            self.log.warning("engine refused the session", code=error.code, reason=error.message)
+        # Normally caught before the upgrade by check_session; an engine at capacity
+        # (CapacityError) closes the running session with 1013.
+        except SttServerError as error:
+            self.log.warning("cannot open stream", code=error.code, reason=error.message)
             await self._report(error)
-            self._request_close(error.close_code, error.code)
-            await self.connection.close(*self._close)  # type: ignore[misc]
+            await self.connection.close(error.close_code, error.code)
             return
-        decoder = open_decoder(params.audio, self.stream_format)
         self.log.info("session opened", encoding=params.audio.encoding, language=params.language,
                       endpoint=params.endpoint.value)
         await self._send(self.protocol.opening(self._metadata()))

@@ -120,6 +120,7 @@ async def test_three_ways_to_pass_a_token(live_server, how: str) -> None:
         ("/v1/listen", "alice", {"sample_rate": "fast"}, 400, "sample_rate"),
         ("/v1/listen", "alice", {"provider": "nope"}, 400, "provider"),
         ("/v1/listen", "alice", {"encoding": "pcm99"}, 400, "encoding"),
+        ("/v1/listen", "alice", {"language": "fr-FR"}, 400, "language"),  # tiny.en is English-only
         ("/v1/listen", None, {}, 401, None),
         ("/v1/listen", "not-a-real-token", {}, 401, None),
         ("/v1/listen", "nullonly", {"provider": "whisper"}, 403, None),

@@ -51,7 +51,8 @@ async def test_metrics_match_what_a_session_did(make_server, jfk_pcm: bytes) -> 
     if bad.close_code == 1008:  # raw decoding, not pass-through
         assert m("stt_decode_errors_total", provider="null") == 1
         assert m("stt_sessions_closed_total", provider="null", code="1008") == 1
-    assert ("stt_provider_inference_seconds_count", frozenset({("provider", "whisper")})) in samples
+    assert m("stt_provider_inference_seconds_count", provider="whisper") >= finals  # one decode per final at least
+    assert 0 < m("stt_provider_inference_seconds_sum", provider="whisper") < 60
     assert m("stt_draining") == 0
 
 
