@@ -116,7 +116,8 @@ class MetricsConfig:
             try:
                 ipaddress.ip_network(network, strict=False)
             except ValueError:
-                raise _Invalid(f"metrics.allow_from[{index}]", f"{network!r} is not an address or CIDR network") from None
+                raise _Invalid(f"metrics.allow_from[{index}]",
+                               f"{network!r} is not an address or CIDR network") from None
 
     def allows(self, address: str) -> bool:
         if not self.allow_from:

@@ -23,8 +23,14 @@ from websockets.http11 import Request, Response
 from . import providers as provider_registry
 from .config import Config
 from .errors import AuthError, CapacityError, ConfigError, ForbiddenError, ProviderError, SttServerError
-from .handshake import (TOKEN_SUBPROTOCOL, SessionContext, accept_session, error_body, offered_subprotocols,
-                        token_from_request)
+from .handshake import (
+    TOKEN_SUBPROTOCOL,
+    SessionContext,
+    accept_session,
+    error_body,
+    offered_subprotocols,
+    token_from_request,
+)
 from .journal import Journal, final_record
 from .logs import get_logger, set_level
 from .metrics import CONTENT_TYPE, Metrics
@@ -187,7 +193,7 @@ class SttServer:
         self.draining = True
         self.metrics.draining.set(1)
         self.log.info("draining", sessions=len(self._runners), timeout_s=timeout)
-        for runner, _ in self._runners.values():
+        for runner in self.open_sessions():
             runner.drain()
         tasks = {task for _, task in self._runners.values()}
         pending: set[asyncio.Task[Any]] = set()
@@ -355,6 +361,10 @@ class SttServer:
     @property
     def active_sessions(self) -> int:
         return len(self._contexts)
+
+    def open_sessions(self) -> list[SessionRunner]:
+        """The sessions running now (for drain, and for tests to see what each has received)."""
+        return [runner for runner, _ in self._runners.values()]
 
     def status(self) -> dict[str, Any]:
         return {"sessions": self.active_sessions, "providers": sorted(self.providers)}

@@ -40,6 +40,7 @@ CLOSE_INTERNAL = 1011  # engine failure; idle timeout, as Deepgram does
 CLOSE_TRY_AGAIN = 1013  # an engine at capacity
 
 DRAIN_REASON = "server shutting down"
+DEFAULT_LIMITS = LimitsConfig()
 # Once draining, frames already on their way are still read until none comes for this long.
 DRAIN_READ_GRACE = 0.1
 
@@ -79,7 +80,7 @@ class SessionRunner:
         logger: Any,
         flush_timeout: float,
         on_result: Callable[[SessionContext, Result], Awaitable[None] | None] | None = None,
-        limits: LimitsConfig = LimitsConfig(),
+        limits: LimitsConfig = DEFAULT_LIMITS,
         metrics: SessionMetrics | None = None,
     ) -> None:
         self.connection = connection

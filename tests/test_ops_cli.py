@@ -15,9 +15,8 @@ from typing import Any
 import pytest
 import websockets
 import yaml
-from support import JFK_FLAC, REPO, Transcript, chunked, collect, load_pcm16
-
 from conftest import write_token_file
+from support import JFK_FLAC, REPO, Transcript, chunked, collect, load_pcm16
 
 NULL_CONFIG = {"server": {"port": 0, "default_provider": "null", "drain_timeout_seconds": 10},
                "providers": {"whisper": {"enabled": False}, "null": {"enabled": True}},

@@ -53,7 +53,7 @@ async def test_journal_has_every_final_after_the_client_is_killed(make_server, t
     try:
         assert proc.stdout is not None
         assert (await asyncio.wait_for(proc.stdout.readline(), 60)).strip() == b"sent"
-        await wait_until(lambda: any(r.stats.bytes_in == len(pcm) for r, _ in live.server._runners.values()),
+        await wait_until(lambda: any(r.stats.bytes_in == len(pcm) for r in live.server.open_sessions()),
                          what="the server to read all the audio")
     finally:
         proc.send_signal(signal.SIGKILL)

@@ -11,10 +11,9 @@ import time
 
 import pytest
 import websockets
+from conftest import deep_merge
 from ops_support import NULL_ONLY, wait_until
 from support import Transcript, collect, stream_audio
-
-from conftest import deep_merge
 
 CHUNK = b"\0" * 3200
 
@@ -28,7 +27,8 @@ async def refused(url: str, **kwargs) -> tuple[int, dict]:
         async with websockets.connect(url, **kwargs):
             pass
     response = info.value.response
-    return response.status_code, {**json.loads(bytes(response.body)), "retry_after": response.headers.get("Retry-After")}
+    body = json.loads(bytes(response.body))
+    return response.status_code, {**body, "retry_after": response.headers.get("Retry-After")}
 
 
 async def test_total_session_limit_refuses_with_503(make_server) -> None:

@@ -7,10 +7,9 @@ import json
 
 import pytest
 import websockets
+from conftest import deep_merge
 from ops_support import NULL_ONLY, http_get, metric, scrape
 from support import JFK_FLAC, chunked, load_pcm16, stream_audio
-
-from conftest import deep_merge
 
 CHUNK = 3200
 

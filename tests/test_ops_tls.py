@@ -7,10 +7,10 @@ import ssl
 
 import pytest
 import websockets
+from conftest import deep_merge, start_live_server
 from ops_support import NULL_ONLY, http_get, self_signed_certificate
 from support import JFK_FLAC, JFK_TEXT, chunked, load_pcm16, stream_audio, wer
 
-from conftest import deep_merge, start_live_server
 from stt_server.errors import ConfigError
 
 
