@@ -49,7 +49,7 @@ async def test_drain_during_20_live_streams_loses_no_final(make_server, short_pc
                                                                for r in runners()), what="all audio read")
     loop = asyncio.get_running_loop()
     began = time.monotonic()
-    drained = loop.run_in_executor(None, live.call, live.server.drain(120))
+    drained = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(live.server.drain(120), live.loop))
     await wait_until(lambda: live.server.draining, what="drain to start")
     # While draining: readiness fails and new sessions are refused with 503.
     status, _, body = await loop.run_in_executor(None, http_get, f"{live.http_url}/readyz")
