@@ -95,16 +95,17 @@ class SessionRunner:
         try:
             try:
                 client_gone = await self._read_frames(decoder, stream)
+            except AudioError as error:
+                audio_error = error
+            # After bad bytes, what decoded before them is still transcribed: its finals go
+            # out first, then the Error, then the close.
+            try:
                 await self._feed(stream, await decoder.finish())
             except AudioError as error:
-                # Bad bytes end the input, but what decoded before them is still transcribed:
-                # its finals go out first, then the Error, then the close.
-                self.log.info("bad audio", code=error.code, reason=error.message)
-                audio_error = error
-                self._request_close(error.close_code, error.code)
-                await self._feed(stream, await decoder.finish())
-        except AudioError:
-            pass  # finish() after a decode() error returns the rest; this is only belt and braces
+                audio_error = audio_error or error
+            if audio_error is not None:
+                self.log.info("bad audio", code=audio_error.code, reason=audio_error.message)
+                self._request_close(audio_error.close_code, audio_error.code)
         except ProviderError as error:
             await self._report(error)
             self._request_close(error.close_code, error.code)
