@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timezone, UTC
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
@@ -159,7 +159,7 @@ class SessionRunner:
         try:
             await asyncio.wait_for(stream.close(), self.flush_timeout)
             await asyncio.wait_for(asyncio.shield(sender), self.flush_timeout)
-        except (asyncio.TimeoutError, ProviderError) as exc:
+        except (TimeoutError, ProviderError) as exc:
             self.log.warning("engine did not finish in time; dropping its last results",
                              error=type(exc).__name__)
             await stream.abort()
@@ -210,7 +210,7 @@ class SessionRunner:
         return {
             "session_id": self.context.session_id,
             "request_id": self.context.session_id,
-            "created": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "created": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "provider": params.provider,
             "model_info": dict(self.provider.describe()),
             "language": params.language,
