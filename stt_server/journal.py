@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -23,7 +23,7 @@ from .results import Result
 def final_record(context: SessionContext, result: Result, *, now: datetime | None = None) -> dict[str, Any]:
     """One journal line: who, which engine, when (wall clock and audio offsets), what was said."""
     return {
-        "time": (now or datetime.now(timezone.utc)).isoformat(timespec="milliseconds"),
+        "time": (now or datetime.now(UTC)).isoformat(timespec="milliseconds"),
         "session_id": context.session_id,
         "token_name": context.token.name,
         "provider": context.params.provider,

@@ -15,7 +15,7 @@ import enum
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
@@ -133,14 +133,22 @@ class SessionRunner:
         await self._send(self.protocol.opening(self._metadata()))
         sender = asyncio.create_task(self._send_results(stream), name=f"results-{self.context.session_id}")
         client_gone = cut = False
+        audio_error: AudioError | None = None
         try:
-            client_gone = await self._read_frames(decoder, stream)
-            await self._feed(stream, await decoder.finish(), time.monotonic())
-        except AudioError as error:
-            self.log.info("bad audio", code=error.code, reason=error.message)
-            self.metrics.decode_error()
-            await self._report(error)
-            self._request_close(error.close_code, error.code)
+            try:
+                client_gone = await self._read_frames(decoder, stream)
+            except AudioError as error:
+                audio_error = error
+            # After bad bytes, what decoded before them is still transcribed: its finals go
+            # out first, then the Error, then the close.
+            try:
+                await self._feed(stream, await decoder.finish(), time.monotonic())
+            except AudioError as error:
+                audio_error = audio_error or error
+            if audio_error is not None:
+                self.log.info("bad audio", code=audio_error.code, reason=audio_error.message)
+                self.metrics.decode_error()
+                self._request_close(audio_error.close_code, audio_error.code)
         except ProviderError as error:
             await self._report(error)
             self._request_close(error.close_code, error.code)
@@ -154,6 +162,8 @@ class SessionRunner:
                 sender.cancel()
             else:
                 await self._finish_stream(stream, sender)
+        if audio_error is not None:
+            await self._report(audio_error)
         code, reason = self._close or (CLOSE_NORMAL, "")
         if not client_gone:
             await self.connection.close(code, reason)
@@ -208,7 +218,7 @@ class SessionRunner:
                     "server shutting down: transcribing the audio received, then closing with 1001"))
             try:  # frames already on their way count as received
                 return await asyncio.wait_for(self.connection.recv(), DRAIN_READ_GRACE)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return _Stop.DRAIN
         timeout, why = self._next_deadline()
         if timeout is not None and timeout <= 0:
@@ -271,7 +281,7 @@ class SessionRunner:
             await stream.abort()
             sender.cancel()
             raise
-        except (asyncio.TimeoutError, ProviderError) as exc:
+        except (TimeoutError, ProviderError) as exc:
             self.log.warning("engine did not finish in time; dropping its last results",
                              error=type(exc).__name__)
             await stream.abort()
@@ -329,7 +339,7 @@ class SessionRunner:
         return {
             "session_id": self.context.session_id,
             "request_id": self.context.session_id,
-            "created": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "created": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "provider": params.provider,
             "model_info": dict(self.provider.describe()),
             "language": params.language,
