@@ -170,7 +170,8 @@ class SttServer:
         await self._server.wait_closed()
 
     async def stop(self) -> None:
-        """Stop at once: close open sessions (1001) without waiting for their audio, release engines."""
+        """Stop now: close open sessions with 1001 without a Draining notice (what they received is
+        still transcribed for the journal, within flush_timeout), release engines."""
         if self._server is not None:
             self._server.close(code=1001, reason=DRAIN_REASON)
             await self._server.wait_closed()
