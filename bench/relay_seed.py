@@ -16,7 +16,7 @@ Each message is the seed client's ``{"action": "transcribe", "request_id": N, "v
 Without ``--url`` the server runs in a subprocess (null provider, passthrough, a token file
 in a temporary folder), so the load generator (this process) and the server do not share a
 Python interpreter; its RSS is read from /proc. Loopback only; every loop is bounded by
-``--duration``. At the end it checks that past ``server.max_sessions`` new sessions get a
+``--duration``. At the end it checks that past ``limits.max_sessions`` new sessions get a
 503 before the upgrade.
 """
 
@@ -104,8 +104,8 @@ def started_server(max_sessions: int) -> Iterator[Server]:
         (Path(folder) / "tokens.txt").write_text(f"{token} bench\n")
         port = _free_port()
         config = {
-            "server": {"host": "127.0.0.1", "port": port, "default_provider": "null",
-                       "max_sessions": max_sessions},
+            "server": {"host": "127.0.0.1", "port": port, "default_provider": "null"},
+            "limits": {"max_sessions": max_sessions},
             "tokens": {"file": "tokens.txt", "create_if_missing": False},
             "logging": {"level": "warning"},
             "providers": {"whisper": {"enabled": False}, "null": {"enabled": True, "passthrough": True}},
@@ -425,7 +425,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each run")
     parser.add_argument("--idle-sessions", type=int, default=200, help="idle sessions for the RSS-per-session figure")
-    parser.add_argument("--max-sessions", type=int, default=1000, help="server.max_sessions of the started server")
+    parser.add_argument("--max-sessions", type=int, default=1000, help="limits.max_sessions of the started server")
     parser.add_argument("--no-limit-check", dest="check_limit", action="store_false",
                         help="skip the over-the-limit check")
     parser.add_argument("--no-compression", dest="compression", action="store_false",

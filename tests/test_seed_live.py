@@ -183,7 +183,7 @@ async def test_unknown_stt_provider_is_refused(seed_server: LiveServer) -> None:
 
 
 async def test_server_session_limit_is_a_503_before_the_upgrade(make_server: Callable[..., LiveServer]) -> None:
-    live = make_server({"server": {"max_sessions": 2, "default_provider": "null"},
+    live = make_server({"server": {"default_provider": "null"}, "limits": {"max_sessions": 2},
                         "providers": {"whisper": {"enabled": False}}})
     url = live.url(SEED_PATH)
     async with websockets.connect(url), websockets.connect(url):
