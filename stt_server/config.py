@@ -45,10 +45,13 @@ class ServerConfig:
     default_provider: str = "whisper"
     # Largest websocket message accepted, in bytes (binary audio frame or JSON text frame).
     max_message_bytes: int = 4 * 1024 * 1024
+    # Longest wait for an engine's last finals once a stream has ended.
+    flush_timeout_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "server.port", "must be between 0 and 65535")
         _check(self.max_message_bytes >= 1024, "server.max_message_bytes", "must be at least 1024")
+        _check(self.flush_timeout_seconds > 0, "server.flush_timeout_seconds", "must be positive")
 
 
 @dataclass(frozen=True)
@@ -240,6 +243,8 @@ def from_mapping(data: Any, *, source: str | None = None) -> Config:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{_where(source)}: expected a mapping at the top level")
     sections = dict(data)
+    if "source" in sections:
+        raise ConfigError(f"{_where(source)}: source: unknown key")
     providers = _providers(sections.pop("providers", None), source)
     sections["source"] = source
     config = build(Config, {k: v for k, v in sections.items() if k != "providers"}, key="", source=source)
@@ -308,7 +313,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return overrides
 
 
-def load(path: str | None, *, overrides: Mapping[str, Any] = (), environ: Mapping[str, str] | None = None,
+def load(path: str | None, *, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
          default_path: str = "config.yaml") -> Config:
     """Load the config file (or defaults when there is none), then env, then explicit overrides.
 
@@ -327,5 +332,5 @@ def load(path: str | None, *, overrides: Mapping[str, Any] = (), environ: Mappin
         source, data = None, {}
     if data is not None and not isinstance(data, Mapping):
         raise ConfigError(f"{_where(source)}: expected a mapping at the top level")
-    data = apply_overrides(data, {**env_overrides(environ), **dict(overrides)})
+    data = apply_overrides(data, {**env_overrides(environ), **dict(overrides or {})})
     return from_mapping(data, source=source)

@@ -51,7 +51,8 @@ class SessionParams:
     interim_results: bool
     punctuate: bool
     words: bool
-    # Silence in ms that ends an utterance; 0 = only on Finalize / stream end.
+    # Silence in ms that ends an utterance (speech_final); 0 = no endpointing (engines may
+    # still commit a final at a long pause, as Deepgram does).
     endpointing_ms: int
     # Provider-specific model name, passed through to providers that support choosing one.
     model: str | None = None

@@ -48,3 +48,70 @@ def test_wer_helper() -> None:
     assert wer("a b c d", "a b c d") == 0.0
     assert wer("a b c d", "a x c") == 0.5
     assert wer("Ask not, what!", "ask not what") == 0.0
+
+
+# --- a minimal client for live tests ---------------------------------------------------------
+
+import asyncio  # noqa: E402
+import base64  # noqa: E402
+import json  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Any  # noqa: E402
+
+import websockets  # noqa: E402
+
+
+@dataclass
+class Transcript:
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    close_code: int | None = None
+    close_reason: str = ""
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m.get("type") == kind]
+
+    @property
+    def finals(self) -> list[dict[str, Any]]:
+        return [m for m in self.of_type("Results") if m["is_final"]]
+
+    @property
+    def interims(self) -> list[dict[str, Any]]:
+        return [m for m in self.of_type("Results") if not m["is_final"]]
+
+    @property
+    def text(self) -> str:
+        return " ".join(m["channel"]["alternatives"][0]["transcript"] for m in self.finals).strip()
+
+
+def chunked(data: bytes, size: int) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+def as_base64_frame(chunk: bytes) -> str:
+    return json.dumps({"type": "Audio", "data": base64.b64encode(chunk).decode()})
+
+
+async def collect(ws: Any, transcript: Transcript) -> None:
+    try:
+        async for message in ws:
+            transcript.messages.append(json.loads(message))
+    except websockets.ConnectionClosed:
+        pass
+    transcript.close_code = ws.close_code
+    transcript.close_reason = ws.close_reason or ""
+
+
+async def stream_audio(url: str, frames: list[bytes | str], *, delay: float = 0.0, close: bool = True,
+                       timeout: float = 120, **connect_kwargs: Any) -> Transcript:
+    """Send frames (binary audio or text), then CloseStream; collect everything until close."""
+    transcript = Transcript()
+    async with websockets.connect(url, max_size=None, **connect_kwargs) as ws:
+        reader = asyncio.create_task(collect(ws, transcript))
+        for frame in frames:
+            await ws.send(frame)
+            if delay:
+                await asyncio.sleep(delay)
+        if close:
+            await ws.send(json.dumps({"type": "CloseStream"}))
+        await asyncio.wait_for(reader, timeout)
+    return transcript

@@ -89,6 +89,10 @@ class Provider(ABC):
     async def stop(self) -> None:
         """Release models, clients and worker threads."""
 
+    def check_session(self, session: SessionParams) -> None:
+        """Raise RequestError if this engine cannot serve the session (say, its language).
+        Called before the upgrade, so the client gets a 400 naming the parameter."""
+
     def is_ready(self) -> bool:
         return True
 

