@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import io
 from collections import deque
 from dataclasses import dataclass, field
 
+import av
 import grpc
 import numpy as np
 from google.cloud.speech_v1 import (
@@ -35,9 +37,11 @@ from google.cloud.speech_v1 import (
     StreamingRecognizeResponse,
     WordInfo,
 )
+from support import JFK_FLAC
 
 SLOT_SECONDS = 0.25
 WORD_UNIT = 100  # sample value of word n is n * WORD_UNIT
+CONTAINER_INTERIM_BYTES = 4_000
 
 
 def synthetic_speech(words: list[int | None], rate: int = 16_000) -> bytes:
@@ -53,6 +57,25 @@ def utterances(count: int, words_per_utterance: int = 3) -> list[int | None]:
     for u in range(count):
         slots += [u * words_per_utterance + i + 1 for i in range(words_per_utterance)] + [None]
     return slots
+
+
+def encode_opus(container: str, path=JFK_FLAC) -> bytes:
+    """``path`` re-encoded as Opus in a WebM or Ogg container, as a browser would send it."""
+    out = io.BytesIO()
+    with av.open(str(path)) as src, av.open(out, "w", format=container) as dst:
+        stream = dst.add_stream("libopus", rate=48_000)
+        stream.layout = "mono"
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=48_000)
+        for frame in src.decode(audio=0):
+            for piece in resampler.resample(frame):
+                for packet in stream.encode(piece):
+                    dst.mux(packet)
+        for piece in resampler.resample(None):
+            for packet in stream.encode(piece):
+                dst.mux(packet)
+        for packet in stream.encode(None):
+            dst.mux(packet)
+    return out.getvalue()
 
 
 @dataclass
@@ -194,6 +217,7 @@ class _Recognizer:
         self.channels = max(1, rc.audio_channel_count)
         self.slot_bytes = int(self.rate * SLOT_SECONDS) * 2 * self.channels
         self.pending = bytearray()
+        self.container_bytes = 0
         self.slots_seen = 0
         self.words: list[tuple[str, float, float]] = []
 
@@ -203,6 +227,13 @@ class _Recognizer:
 
     def feed(self, chunk: bytes):
         if not self.linear16:
+            # Containers: an interim per CONTAINER_INTERIM_BYTES, so the caller sees progress.
+            before, self.container_bytes = self.container_bytes, self.container_bytes + len(chunk)
+            if before // CONTAINER_INTERIM_BYTES != self.container_bytes // CONTAINER_INTERIM_BYTES:
+                alt = SpeechRecognitionAlternative(transcript=f"container audio {self.container_bytes} bytes")
+                yield StreamingRecognizeResponse(results=[StreamingRecognitionResult(
+                    alternatives=[alt], stability=0.1,
+                    result_end_time=_duration(self.seconds(self.container_bytes)))])
             return
         self.pending += chunk
         while len(self.pending) >= self.slot_bytes:

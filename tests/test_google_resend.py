@@ -8,27 +8,9 @@ import av
 import pytest
 
 from stt_server.audio_format import AudioFormat
+from google_standin import encode_opus
+
 from stt_server.providers.google_resend import OggBuffer, RawBuffer, WebmBuffer, resend_buffer
-from tests.support import JFK_FLAC
-
-
-def encode_opus(container: str, path=JFK_FLAC) -> bytes:
-    """``path`` re-encoded as Opus in a WebM or Ogg container, as a browser would send it."""
-    out = io.BytesIO()
-    with av.open(str(path)) as src, av.open(out, "w", format=container) as dst:
-        stream = dst.add_stream("libopus", rate=48_000)
-        stream.layout = "mono"
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=48_000)
-        for frame in src.decode(audio=0):
-            for piece in resampler.resample(frame):
-                for packet in stream.encode(piece):
-                    dst.mux(packet)
-        for piece in resampler.resample(None):
-            for packet in stream.encode(piece):
-                dst.mux(packet)
-        for packet in stream.encode(None):
-            dst.mux(packet)
-    return out.getvalue()
 
 
 def decoded_seconds(data: bytes) -> tuple[float, float]:

@@ -100,7 +100,8 @@ class GoogleOptions:
     phrase_hints: tuple[str, ...] = ()
     # Boost for phrase_hints (0 = Google's default weighting, up to 20).
     phrase_boost: float = 0.0
-    # Restart each call after this many seconds (wall clock or audio); Google's limit is ~305.
+    # Restart each call after this many seconds (of wall clock, or of audio Google answered
+    # for); Google's limit is ~305. The restart waits for the next final, up to a grace period.
     restart_after_seconds: float = 240.0
     # Audio since the last final kept for re-sending, at most (bounds memory in long silences).
     max_resend_seconds: float = 30.0
@@ -282,6 +283,7 @@ class GoogleStream(TranscriptionStream):
         self._held: Result | None = None  # see _emit_final
         self._planned_restart = False  # the pump ended the call to restart it
         self._finals = 0  # final results received, all calls
+        self._acked = 0.0  # seconds of the call's audio Google has answered for
         self.calls = 0
 
     # -- TranscriptionStream ------------------------------------------------------------------
@@ -332,6 +334,7 @@ class GoogleStream(TranscriptionStream):
                     if not (self._has_work() or self._closing):
                         await self._wake.wait()
                     continue
+                finals_before = self._finals
                 try:
                     self._in_call = True
                     await self._call(careful)
@@ -341,6 +344,11 @@ class GoogleStream(TranscriptionStream):
                 except _Restart as restart:
                     self._replay = True
                     careful = False
+                    if self._finals == finals_before:
+                        # No final in a whole call: re-send at most half a call, so that the
+                        # next one carries new audio (no endless replay of the same audio).
+                        keep_from = self._buffer.time_at(self._sent) - self._options.restart_after_seconds / 2
+                        self._buffer.forget_before(keep_from, limit=self._sent)
                     if restart.carried_audio:
                         continue
                     error: BaseException = restart
@@ -379,6 +387,7 @@ class GoogleStream(TranscriptionStream):
         self._half_closed = False
         self._planned_restart = False
         self._end_call = False
+        self._acked = 0.0
         self.calls += 1
         # Bounded: the pump waits for grpc to take requests, so what counts as sent was sent.
         requests: asyncio.Queue[StreamingRecognizeRequest | None] = asyncio.Queue(maxsize=_QUEUED_REQUESTS)
@@ -425,7 +434,7 @@ class GoogleStream(TranscriptionStream):
         while True:
             self._wake.clear()
             buffer = self._buffer
-            age = max(time.monotonic() - started, buffer.time_at(self._sent) - self._offset)
+            age = max(time.monotonic() - started, self._acked)
             if age >= opts.restart_after_seconds + grace or (
                     age >= opts.restart_after_seconds and self._finals > finals_at_start):
                 self._planned_restart = True
@@ -476,12 +485,14 @@ class GoogleStream(TranscriptionStream):
         if response.speech_event_type == StreamingRecognizeResponse.SpeechEventType.END_OF_SINGLE_UTTERANCE:
             self._end_call = True
             self._wake.set()
+        self._wake.set()  # the pump may be waiting to restart
         interim: list[tuple[str, float, float]] = []
         interim_end = self._last_final_end
         for result in response.results:
             if not result.alternatives:
                 continue
             alt = result.alternatives[0]
+            self._acked = max(self._acked, _seconds(result.result_end_time))
             end = max(self._last_final_end, self._offset + _seconds(result.result_end_time))
             if result.is_final:
                 words = tuple(Word(w.word, self._offset + _seconds(w.start_time), self._offset + _seconds(w.end_time),
@@ -490,7 +501,6 @@ class GoogleStream(TranscriptionStream):
                                         end=end, confidence=alt.confidence, words=words, speech_final=True))
                 self._last_final_end = end
                 self._finals += 1
-                self._wake.set()
                 self._failures = 0
                 self._buffer.forget_before(end, limit=self._sent)
             else:
