@@ -42,6 +42,7 @@ from support import JFK_FLAC
 SLOT_SECONDS = 0.25
 WORD_UNIT = 100  # sample value of word n is n * WORD_UNIT
 CONTAINER_INTERIM_BYTES = 4_000
+END_OF_SINGLE_UTTERANCE = StreamingRecognizeResponse.SpeechEventType.END_OF_SINGLE_UTTERANCE
 
 
 def synthetic_speech(words: list[int | None], rate: int = 16_000) -> bytes:
@@ -196,6 +197,8 @@ class GoogleStandIn:
                 await self._abort(context, record, injection.code, injection.message)
             for response in recognizer.feed(chunk):
                 yield response
+            if recognizer.utterance_done:
+                return  # single_utterance: Google ignores the rest and ends the call
         record.half_closed = True
         if recognizer is not None:
             for response in recognizer.flush(len(record.audio)):
@@ -218,6 +221,7 @@ class _Recognizer:
         self.slot_bytes = int(self.rate * SLOT_SECONDS) * 2 * self.channels
         self.pending = bytearray()
         self.container_bytes = 0
+        self.utterance_done = False
         self.slots_seen = 0
         self.words: list[tuple[str, float, float]] = []
 
@@ -247,7 +251,12 @@ class _Recognizer:
                 if self.config.interim_results:
                     yield self._response(is_final=False)
             elif self.words:
+                if self.config.single_utterance:
+                    yield StreamingRecognizeResponse(speech_event_type=END_OF_SINGLE_UTTERANCE)
+                    self.utterance_done = True
                 yield self._response(is_final=True)
+                if self.utterance_done:
+                    return
 
     def flush(self, total_bytes: int):
         if self.linear16:

@@ -142,6 +142,14 @@ async def test_thirty_seconds_across_restarts(how: str) -> None:
     assert sum(len(s.audio) for s in standin.streams) >= 30 * 16_000 * 2
 
 
+async def test_single_utterance_calls_follow_one_another(standin: GoogleStandIn) -> None:
+    provider = await started(standin, single_utterance=True)
+    results = await transcribe(provider, session(), synthetic_speech(utterances(5)), delay=0.01)
+    await provider.stop()
+    check_words(results, 5)
+    assert standin.configs[0].single_utterance and len(standin.streams) >= 5
+
+
 async def test_webm_opus_passes_through(standin: GoogleStandIn) -> None:
     provider = await started(standin)
     webm = encode_opus("webm")

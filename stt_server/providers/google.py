@@ -295,7 +295,7 @@ class GoogleStream(TranscriptionStream):
         self._poke()
 
     async def finalize(self) -> None:
-        if self._in_call:  # between calls everything sent is final already
+        if self._in_call or self._has_work():  # otherwise everything received is final already
             self._finalize_asked = True
             self._wake.set()
 
@@ -415,7 +415,9 @@ class GoogleStream(TranscriptionStream):
             raise _Stalled(f"the call did not end {_DRAIN_SECONDS:.0f} s after half-close") from None
         except gexc.OutOfRange:
             raise _Restart(self._sent > point.offset) from None
-        if not self._half_closed:
+        if not self._half_closed or self._end_call:
+            # Google stopped early; after END_OF_SINGLE_UTTERANCE it ignored the audio that
+            # followed the utterance, so that is re-sent too.
             raise _Restart(self._sent > point.offset)
         # Google has finalized all it was sent: nothing before this point needs re-sending.
         self._replay = False
@@ -442,6 +444,8 @@ class GoogleStream(TranscriptionStream):
                 return
             if age < opts.restart_after_seconds:
                 finals_at_start = self._finals
+            if self._end_call:
+                break  # Google takes no more audio on this call (single_utterance)
             if self._sent < buffer.end:
                 room = opts.max_request_bytes - len(pending)
                 chunk = pending + buffer.read(self._sent, room)
@@ -454,14 +458,15 @@ class GoogleStream(TranscriptionStream):
                 self._sent_max = max(self._sent_max, stop)
                 buffer.forget_before(buffer.time_at(stop) - opts.max_resend_seconds, limit=stop)
                 continue
-            if self._closing or self._finalize_asked or self._end_call:
+            if self._closing or self._finalize_asked:
                 self._finalize_asked = False
                 break
+            wait = min(_IDLE_SECONDS, opts.restart_after_seconds + grace - age)
             try:
-                async with asyncio.timeout(min(_IDLE_SECONDS, opts.restart_after_seconds + grace - age)):
+                async with asyncio.timeout(wait):
                     await self._wake.wait()
             except TimeoutError:
-                if not self._wake.is_set() and time.monotonic() - started < opts.restart_after_seconds:
+                if wait == _IDLE_SECONDS:
                     break  # idle: Google would abort a call left without audio
         self._half_closed = True
         await requests.put(None)
