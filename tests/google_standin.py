@@ -24,6 +24,7 @@ import datetime
 import io
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Self
 
 import av
 import grpc
@@ -118,7 +119,7 @@ class GoogleStandIn:
         """Abort the next ``times`` streams with ``code`` once they carried ``after_bytes``."""
         self._injections.extend(Injection(code, message, after_bytes) for _ in range(times))
 
-    async def start(self) -> GoogleStandIn:
+    async def start(self) -> Self:
         server = grpc.aio.server()
         handler = grpc.method_handlers_generic_handler("google.cloud.speech.v1.Speech", {
             "StreamingRecognize": grpc.stream_stream_rpc_method_handler(
@@ -139,7 +140,7 @@ class GoogleStandIn:
             await self._server.stop(grace=None)
             self._server = None
 
-    async def __aenter__(self) -> GoogleStandIn:
+    async def __aenter__(self) -> Self:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:

@@ -6,11 +6,15 @@ import io
 
 import av
 import pytest
-
-from stt_server.audio_format import AudioFormat
 from google_standin import encode_opus
 
-from stt_server.providers.google_resend import OggBuffer, RawBuffer, WebmBuffer, resend_buffer
+from stt_server.audio_format import AudioFormat
+from stt_server.providers.google_resend import (
+    OggBuffer,
+    RawBuffer,
+    WebmBuffer,
+    resend_buffer,
+)
 
 
 def decoded_seconds(data: bytes) -> tuple[float, float]:

@@ -10,7 +10,13 @@ import grpc
 import pytest
 import websockets
 from google.cloud.speech_v1 import RecognitionConfig
-from google_standin import SLOT_SECONDS, GoogleStandIn, encode_opus, synthetic_speech, utterances
+from google_standin import (
+    SLOT_SECONDS,
+    GoogleStandIn,
+    encode_opus,
+    synthetic_speech,
+    utterances,
+)
 from support import Transcript, chunked, collect, stream_audio
 
 CHUNK = 3200  # 100 ms of 16 kHz PCM16

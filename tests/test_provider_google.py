@@ -10,11 +10,18 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from google.cloud.speech_v1 import RecognitionConfig
+from google_standin import (
+    SLOT_SECONDS,
+    GoogleStandIn,
+    encode_opus,
+    synthetic_speech,
+    utterances,
+)
 from test_google_resend import decoded_seconds
-from google_standin import SLOT_SECONDS, GoogleStandIn, encode_opus, synthetic_speech, utterances
 
 from stt_server.audio_format import AudioFormat
-from stt_server.errors import ProviderError
+from stt_server.config import build
+from stt_server.errors import ConfigError, ProviderError
 from stt_server.providers.google import GoogleOptions, GoogleProvider
 from stt_server.results import Result
 from stt_server.session import Endpoint, SessionParams
@@ -272,3 +279,26 @@ async def test_twenty_five_concurrent_sessions(standin: GoogleStandIn) -> None:
     for results in outcomes:
         check_words(results, 5)
     assert len(standin.streams) == 25 and standin.max_active > 1
+
+
+async def test_credentials_problems_are_named(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ProviderError) as info:
+        await GoogleProvider(GoogleOptions(credentials_file=str(tmp_path / "missing.json"))).start()
+    assert info.value.code == "google_credentials" and "missing.json" in info.value.message
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "adc.json"))
+    with pytest.raises(ProviderError) as info:
+        await GoogleProvider(GoogleOptions()).start()
+    assert info.value.code == "google_credentials" and "GOOGLE_APPLICATION_CREDENTIALS" in info.value.message
+
+
+@pytest.mark.parametrize("options,key", [
+    ({"insecure": True}, "providers.google"),
+    ({"max_request_bytes": 30_000}, "providers.google"),
+    ({"restart_after_seconds": 300}, "providers.google"),
+    ({"phrase_hints": "w1"}, "providers.google.phrase_hints"),
+    ({"restart_after": 100}, "providers.google.restart_after"),
+])
+def test_bad_options_are_config_errors(options: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build(GoogleOptions, options, key="providers.google", source="config.yaml")
+    assert f"config.yaml: {key}" in info.value.message
