@@ -3,13 +3,15 @@
 One client (one gRPC channel) serves every session; each session is a :class:`GoogleStream`
 that runs a chain of ``StreamingRecognize`` calls so the client sees one unbroken session:
 
-- A call is restarted before Google's ~305 s limit (``restart_after_seconds``), on
-  ``OUT_OF_RANGE``, after a transient failure, after ``finalize`` and after the audio pauses.
-  A planned restart half-closes the call first, so Google finalizes what it has; the next call
-  re-sends only the audio after the last final result (see :mod:`.google_resend`). Result times
-  are shifted by the session time at which the call's audio began, so they run on unbroken.
+- Past ``restart_after_seconds`` (Google ends a call at ~305 s) the call is ended right after
+  its next final result (or after a grace period) and the next call re-sends the audio after
+  that final (see :mod:`.google_resend`); so does a call that ends on ``OUT_OF_RANGE`` or a
+  transient error. Result times are shifted by the session time at which a call's audio
+  began, so they run on unbroken.
+- Finalize, close, a pause in the audio and single_utterance half-close the call instead:
+  Google then finalizes all it was sent, and nothing needs re-sending.
 - Audio the client already sends in an encoding Google accepts is passed through undecoded.
-- Audio is sent at real time (a one-second burst allowance); re-sent audio goes at once.
+- New audio is sent at real time (a one-second burst allowance); re-sent audio goes at once.
 - Permanent errors end the session with a :class:`ProviderError` naming the cause.
 """
 
@@ -446,11 +448,13 @@ class GoogleStream(TranscriptionStream):
                 finals_at_start = self._finals
             if self._end_call:
                 break  # Google takes no more audio on this call (single_utterance)
+            if pending:  # a restart's container header, ahead of the re-sent audio
+                await requests.put(StreamingRecognizeRequest(audio_content=pending[:opts.max_request_bytes]))
+                pending = pending[opts.max_request_bytes:]
+                continue
             if self._sent < buffer.end:
-                room = opts.max_request_bytes - len(pending)
-                chunk = pending + buffer.read(self._sent, room)
-                start, stop = self._sent, self._sent + len(chunk) - len(pending)
-                pending = b""
+                chunk = buffer.read(self._sent, opts.max_request_bytes)
+                start, stop = self._sent, self._sent + len(chunk)
                 if self._pacer is not None and stop > self._sent_max:
                     await self._pacer.wait(buffer.time_at(stop) - buffer.time_at(max(start, self._sent_max)))
                 await requests.put(StreamingRecognizeRequest(audio_content=chunk))

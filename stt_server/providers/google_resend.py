@@ -53,8 +53,8 @@ class ResendBuffer(ABC):
 
     def read(self, offset: int, limit: int) -> bytes:
         start = offset - self._base
-        if start < 0:
-            raise ValueError(f"offset {offset} was already forgotten (buffer starts at {self._base})")
+        if start < 0 or limit < 0:
+            raise ValueError(f"cannot read {limit} bytes at {offset} (buffer starts at {self._base})")
         return bytes(self._data[start:start + limit])
 
     @abstractmethod
