@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Headerless sample formats: the URL must say the rate and channel count (defaults apply).
 RAW_ENCODINGS = frozenset({"linear16", "linear32", "float32", "mulaw", "alaw"})
@@ -19,6 +19,9 @@ class AudioFormat:
     # None for containers: the stream's own header says.
     sample_rate: int | None = None
     channels: int = 1
+    # False when the client named no encoding and a default applies: a stream that starts with
+    # a known container header is then decoded as that container instead.
+    declared: bool = field(default=True, compare=False)
 
     @property
     def is_raw(self) -> bool:

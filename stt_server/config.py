@@ -94,7 +94,8 @@ class ProviderConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
-BUILTIN_PROVIDER_DEFAULTS: dict[str, bool] = {"whisper": True, "null": False, "google": False}
+BUILTIN_PROVIDER_DEFAULTS: dict[str, bool] = {"whisper": True, "null": False, "pocketsphinx": False,
+                                              "google": False}
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timezone, UTC
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
@@ -91,19 +91,29 @@ class SessionRunner:
         await self._send(self.protocol.opening(self._metadata()))
         sender = asyncio.create_task(self._send_results(stream), name=f"results-{self.context.session_id}")
         client_gone = False
+        audio_error: AudioError | None = None
         try:
-            client_gone = await self._read_frames(decoder, stream)
-            await self._feed(stream, await decoder.finish())
-        except AudioError as error:
-            self.log.info("bad audio", code=error.code, reason=error.message)
-            await self._report(error)
-            self._request_close(error.close_code, error.code)
+            try:
+                client_gone = await self._read_frames(decoder, stream)
+            except AudioError as error:
+                audio_error = error
+            # After bad bytes, what decoded before them is still transcribed: its finals go
+            # out first, then the Error, then the close.
+            try:
+                await self._feed(stream, await decoder.finish())
+            except AudioError as error:
+                audio_error = audio_error or error
+            if audio_error is not None:
+                self.log.info("bad audio", code=audio_error.code, reason=audio_error.message)
+                self._request_close(audio_error.close_code, audio_error.code)
         except ProviderError as error:
             await self._report(error)
             self._request_close(error.close_code, error.code)
         finally:
             decoder.close()
             await self._finish_stream(stream, sender)
+        if audio_error is not None:
+            await self._report(audio_error)
         code, reason = self._close or (CLOSE_NORMAL, "")
         if not client_gone:
             await self.connection.close(code, reason)
@@ -149,7 +159,7 @@ class SessionRunner:
         try:
             await asyncio.wait_for(stream.close(), self.flush_timeout)
             await asyncio.wait_for(asyncio.shield(sender), self.flush_timeout)
-        except (asyncio.TimeoutError, ProviderError) as exc:
+        except (TimeoutError, ProviderError) as exc:
             self.log.warning("engine did not finish in time; dropping its last results",
                              error=type(exc).__name__)
             await stream.abort()
@@ -200,7 +210,7 @@ class SessionRunner:
         return {
             "session_id": self.context.session_id,
             "request_id": self.context.session_id,
-            "created": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "created": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "provider": params.provider,
             "model_info": dict(self.provider.describe()),
             "language": params.language,

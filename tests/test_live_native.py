@@ -220,10 +220,11 @@ async def test_no_token_in_log_output(live_server, jfk_pcm: bytes) -> None:
     assert token not in output and "wrong-secret-value-123" not in output
 
 
-async def test_stt_client_transcribes_a_file(live_server, tmp_path) -> None:
+@pytest.mark.parametrize("mode", [["--pcm"], []], ids=["pcm", "file-container"])
+async def test_stt_client_transcribes_a_file(live_server, mode: list[str]) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "stt_server.client", "--url", live_server.base_url,
-        "--token", live_server.tokens["alice"], "--speed", "0", "--pcm", str(JFK_FLAC),
+        "--token", live_server.tokens["alice"], "--speed", "0", *mode, str(JFK_FLAC),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 0, stderr.decode()

@@ -17,10 +17,15 @@ __all__ = ["AudioDecoder", "PassthroughDecoder", "RawPcmDecoder", "open_decoder"
 
 def open_decoder(client: AudioFormat, target: AudioFormat) -> AudioDecoder:
     """A decoder from the client's format to the provider's."""
+    if client.is_raw and not client.declared:
+        from .undeclared import UndeclaredDecoder
+
+        return UndeclaredDecoder(client, target)
+    if client.is_raw:
+        # Even when no conversion is needed: it checks the first bytes for a container header.
+        return RawPcmDecoder(client, target)
     if target == client:
         return PassthroughDecoder()
-    if client.is_raw:
-        return RawPcmDecoder(client, target)
     from .container import ContainerDecoder  # PyAV demuxing; imported only when needed
 
     return ContainerDecoder(client, target)

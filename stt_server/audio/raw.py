@@ -10,6 +10,7 @@ import numpy as np
 from ..audio_format import AudioFormat
 from ..errors import AudioError
 from .base import AudioDecoder
+from .detect import sniff
 from .resample import Resampler
 
 _DTYPES = {"linear16": np.dtype("<i2"), "linear32": np.dtype("<i4"), "float32": np.dtype("<f4"),
@@ -49,10 +50,6 @@ def to_float(samples: bytes, encoding: str) -> np.ndarray:
     return _TABLES[encoding][raw]
 
 
-# Leading bytes of containers a client may send by mistake with a raw encoding declared.
-_CONTAINER_MAGIC = {b"RIFF": "wav", b"\x1aE\xdf\xa3": "webm", b"OggS": "ogg", b"fLaC": "flac", b"ID3": "mp3"}
-
-
 class RawPcmDecoder(AudioDecoder):
     def __init__(self, client: AudioFormat, target: AudioFormat) -> None:
         if client.sample_rate is None or target.sample_rate is None:
@@ -62,27 +59,38 @@ class RawPcmDecoder(AudioDecoder):
         self._frame_bytes = _DTYPES[client.encoding].itemsize * client.channels
         self._pending = b""  # a partial sample frame split across websocket frames
         self._resampler = Resampler(client.sample_rate, target.sample_rate)
+        # Already what the provider takes: pass the bytes through (after the header check).
+        self._identity = client == target
         self._first = True
+        self._finished = False
 
     async def decode(self, data: bytes) -> bytes:
+        if self._finished:
+            return b""  # nothing is decoded after the end of the stream
         if self._first and data:
             self._first = False
-            for magic, container in _CONTAINER_MAGIC.items():
-                if data.startswith(magic):
-                    raise AudioError(
-                        f"the audio starts with a {container} header but the session declared "
-                        f"encoding={self._encoding}; connect with encoding={container} or encoding=auto",
-                        code="encoding_mismatch")
+            # A bare MPEG frame sync is too weak a sign: PCM may start with those 11 bits.
+            container = sniff(data, frame_sync=False)
+            if container is not None:
+                raise AudioError(
+                    f"the audio starts with a {container} header but the session declared "
+                    f"encoding={self._encoding}; connect with encoding={container} or encoding=auto",
+                    code="encoding_mismatch")
         data = self._pending + data
         usable = len(data) - len(data) % self._frame_bytes
         self._pending = data[usable:]
         if not usable:
             return b""
+        if self._identity:
+            return data[:usable]
         samples = to_float(data[:usable], self._encoding)
         if self._channels > 1:
             samples = samples.reshape(-1, self._channels).mean(axis=1)
         return self._resampler.process(samples)
 
     async def finish(self) -> bytes:
+        if self._finished:
+            return b""
+        self._finished = True
         self._pending = b""
         return self._resampler.flush()
