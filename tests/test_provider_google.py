@@ -101,6 +101,11 @@ async def test_end_to_end(standin: GoogleStandIn) -> None:
     assert [r.text for r in finals(results)][:2] == ["w1 w2 w3", "w4 w5 w6"]
     check_words(results, 10)
     assert all(r.confidence == pytest.approx(0.9) and r.speech_final for r in finals(results)[:-1])
+    last_final_end = 0.0
+    for r in results:  # in emitted order: an interim always continues after the latest final
+        assert r.start == pytest.approx(last_final_end)
+        if r.is_final:
+            last_final_end = r.end
     interim = [r for r in results if not r.is_final]
     assert interim and interim[0].text == "w1" and interim[0].stability == pytest.approx(0.8)
     (stream,) = standin.streams

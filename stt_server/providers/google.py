@@ -67,6 +67,8 @@ _PERMANENT: Mapping[type[gexc.GoogleAPICallError], str] = {
     gexc.FailedPrecondition: "google_failed_precondition",
     gexc.MethodNotImplemented: "google_unimplemented",
 }
+# google.rpc.Status codes (in a response's error field) → grpc status codes.
+_STATUS_CODES: Mapping[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
 # What grpc.aio reports when a write races the server's status (grpc issue 36066).
 _CORE_MISREPORT = "Internal error from Core"
 
@@ -489,12 +491,11 @@ class GoogleStream(TranscriptionStream):
 
     def _on_response(self, response: StreamingRecognizeResponse) -> None:
         if response.error.code:
-            status = _status_codes().get(response.error.code, grpc.StatusCode.UNKNOWN)
+            status = _STATUS_CODES.get(response.error.code, grpc.StatusCode.UNKNOWN)
             raise gexc.from_grpc_status(status, response.error.message)
         if response.speech_event_type == StreamingRecognizeResponse.SpeechEventType.END_OF_SINGLE_UTTERANCE:
             self._end_call = True
-            self._wake.set()
-        self._wake.set()  # the pump may be waiting to restart
+        self._wake.set()  # the pump may be waiting to restart or to stop
         interim: list[tuple[str, float, float]] = []
         interim_end = self._last_final_end
         for result in response.results:
@@ -516,6 +517,9 @@ class GoogleStream(TranscriptionStream):
                 interim.append((alt.transcript.strip(), result.stability, end))
                 interim_end = max(interim_end, end)
         if interim:
+            if self._held is not None:  # speech goes on: the held final ended at a pause
+                self.emit(self._held)
+                self._held = None
             self.emit(Result(text=" ".join(t for t, _, _ in interim if t), is_final=False,
                              start=self._last_final_end, end=interim_end,
                              stability=min(s for _, s, _ in interim)))
@@ -559,6 +563,3 @@ def _exhausted(exc: BaseException, attempts: int) -> ProviderError:
 def _seconds(value: datetime.timedelta | None) -> float:
     return value.total_seconds() if value else 0.0
 
-
-def _status_codes() -> Mapping[int, grpc.StatusCode]:
-    return {code.value[0]: code for code in grpc.StatusCode}
