@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
@@ -71,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _providers(config)
         if command == "tokens":
             return _tokens(config, args)
-        return _serve(config)
+        return _serve(config, lambda: load(args.config, overrides=_overrides(args)))
     except ConfigError as error:
         print(f"stt-server: invalid configuration: {error.message}", file=sys.stderr)
         return EXIT_CONFIG
@@ -121,7 +122,7 @@ def _tokens(config: Config, args: argparse.Namespace) -> int:
     return 1
 
 
-def _serve(config: Config) -> int:
+def _serve(config: Config, reload_config: Callable[[], Config]) -> int:
     configure(config.logging.level, config.logging.format)
     log = get_logger("stt_server.cli")
     token_path = config.resolve_path(config.tokens.file)
@@ -135,7 +136,7 @@ def _serve(config: Config) -> int:
                   f"Try it:\n  stt-client --url ws://{host}:{config.server.port} --token {token} FILE.wav\n",
                   flush=True)
     try:
-        return asyncio.run(_run(config, TokenStore(token_path)))
+        return asyncio.run(_run(config, TokenStore(token_path), reload_config))
     except KeyboardInterrupt:
         return 130
     except SttServerError as error:
@@ -143,18 +144,40 @@ def _serve(config: Config) -> int:
         return 1
 
 
-async def _run(config: Config, tokens: TokenStore) -> int:
+async def _run(config: Config, tokens: TokenStore, reload_config: Callable[[], Config]) -> int:
+    """Serve until SIGTERM or SIGINT, then drain; SIGHUP reloads; a second stop signal exits at once."""
     from .server import SttServer  # imports websockets and numpy: not needed for `tokens`
 
+    log = get_logger("stt_server.cli")
     server = SttServer(config, tokens=tokens)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_stop(signum: int) -> None:
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            log.warning("second stop signal: exiting now", signal=name)
+            os._exit(128 + signum)  # the journal is fsynced per line; nothing else must be waited for
+        log.info("stop signal: draining", signal=name, drain_timeout_s=server.config.server.drain_timeout_seconds)
+        stop.set()
+
+    def on_reload() -> None:
+        try:
+            new_config = reload_config()
+        except ConfigError as error:
+            log.error("reload rejected: invalid configuration; the running one is kept", reason=error.message)
+            return
+        try:
+            server.reload(new_config)
+        except ConfigError as error:  # a TLS certificate that cannot be loaded, say
+            log.error("reload failed", reason=error.message)
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_stop, signum)
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
     await server.start()
     await stop.wait()
-    get_logger("stt_server.cli").info("shutting down")
-    await server.stop()
+    await server.drain()
     return 0
 
 

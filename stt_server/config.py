@@ -9,6 +9,7 @@ own option dataclasses, so their keys get the same checks.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import types
 import typing
@@ -47,11 +48,118 @@ class ServerConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     # Longest wait for an engine's last finals once a stream has ended.
     flush_timeout_seconds: float = 60.0
+    # Graceful shutdown (SIGTERM/SIGINT): how long open sessions get to finish the audio they
+    # have sent before they are cut and the process exits. Keep systemd's TimeoutStopSec above it.
+    drain_timeout_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "server.port", "must be between 0 and 65535")
         _check(self.max_message_bytes >= 1024, "server.max_message_bytes", "must be at least 1024")
         _check(self.flush_timeout_seconds > 0, "server.flush_timeout_seconds", "must be positive")
+        _check(0 < self.drain_timeout_seconds <= 3600, "server.drain_timeout_seconds", "must be in (0, 3600]")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """What one client, one token and the whole server may use. 0 means no limit where noted."""
+
+    # Open sessions on the whole server; more are refused with 503 (0 = no limit).
+    max_sessions: int = 32
+    # Open sessions per token when the token file gives no max_sessions (0 = no limit).
+    max_sessions_per_token: int = 0
+    # Largest JSON text frame (base64 audio included); a larger one closes the session with 1009.
+    # Binary frames are bounded by server.max_message_bytes.
+    max_base64_message_bytes: int = 1024 * 1024
+    # Longest session; at this age the audio received is transcribed and the session closed 1008 (0 = no limit).
+    max_session_seconds: float = 3600.0
+    # No audio and no KeepAlive for this long: transcribe what came, close 1011, as Deepgram does (0 = never).
+    idle_timeout_seconds: float = 10.0
+    # TCP connect to completed websocket upgrade (slow or silent clients are dropped).
+    handshake_timeout_seconds: float = 10.0
+    # Websocket ping every N s; no pong within ping_timeout_seconds closes the session 1011 (0 = off).
+    ping_interval_seconds: float = 20.0
+    ping_timeout_seconds: float = 20.0
+    # After the server's close frame (or a ping timeout), how long the client gets to answer
+    # before the TCP connection is dropped.
+    close_timeout_seconds: float = 5.0
+    # Browser Origin values allowed to open sessions (exact match, e.g. "https://app.example.com");
+    # empty = any. Requests without an Origin header (non-browser clients) are always allowed.
+    allowed_origins: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check(self.max_sessions >= 0, "limits.max_sessions", "must be 0 (no limit) or positive")
+        _check(self.max_sessions_per_token >= 0, "limits.max_sessions_per_token", "must be 0 (no limit) or positive")
+        _check(self.max_base64_message_bytes >= 1024, "limits.max_base64_message_bytes", "must be at least 1024")
+        _check(self.max_session_seconds >= 0, "limits.max_session_seconds", "must be 0 (no limit) or positive")
+        _check(self.idle_timeout_seconds >= 0, "limits.idle_timeout_seconds", "must be 0 (never) or positive")
+        _check(self.handshake_timeout_seconds > 0, "limits.handshake_timeout_seconds", "must be positive")
+        _check(self.ping_interval_seconds >= 0, "limits.ping_interval_seconds", "must be 0 (off) or positive")
+        _check(self.ping_timeout_seconds >= 0, "limits.ping_timeout_seconds", "must be 0 (off) or positive")
+        _check(self.close_timeout_seconds > 0, "limits.close_timeout_seconds", "must be positive")
+        for index, origin in enumerate(self.allowed_origins):
+            _check("://" in origin and not origin.endswith("/"), f"limits.allowed_origins[{index}]",
+                   f"{origin!r} is not an origin like https://app.example.com (scheme, host, no path)")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    # Serve Prometheus metrics at /metrics on the server's own port.
+    enabled: bool = True
+    # Client addresses (CIDR) that may read /metrics; others get 403. Empty = anyone.
+    # Behind a reverse proxy every request comes from the proxy: block /metrics there too.
+    allow_from: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # Also require a token from the token file (?token= or Authorization: Bearer), as sessions do.
+    require_token: bool = False
+
+    def __post_init__(self) -> None:
+        for index, network in enumerate(self.allow_from):
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise _Invalid(f"metrics.allow_from[{index}]",
+                               f"{network!r} is not an address or CIDR network") from None
+
+    def allows(self, address: str) -> bool:
+        if not self.allow_from:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in ipaddress.ip_network(network, strict=False) for network in self.allow_from)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    # PEM certificate chain and private key; with both set the server speaks wss:// (and https
+    # for /healthz, /readyz, /metrics). Relative paths are taken from the config file's folder.
+    cert_file: str = ""
+    key_file: str = ""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.cert_file) == bool(self.key_file), "tls", "set both cert_file and key_file, or neither")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    """Every final result appended to a JSONL file, fsynced per line, even if the client left."""
+
+    enabled: bool = False
+    # Relative paths are taken from the config file's folder.
+    file: str = "transcripts.jsonl"
+    # Rotate when the file would grow past this; FILE.1 is the newest old file.
+    max_bytes: int = 100 * 1024 * 1024
+    # Rotated files kept (FILE.1 .. FILE.N); older ones are deleted.
+    backups: int = 5
+
+    def __post_init__(self) -> None:
+        _check(bool(self.file.strip()), "journal.file", "must not be empty")
+        _check(self.max_bytes >= 4096, "journal.max_bytes", "must be at least 4096")
+        _check(1 <= self.backups <= 1000, "journal.backups", "must be between 1 and 1000")
 
 
 @dataclass(frozen=True)
@@ -104,6 +212,10 @@ class Config:
     tokens: TokensConfig = TokensConfig()
     logging: LoggingConfig = LoggingConfig()
     session: SessionDefaults = SessionDefaults()
+    limits: LimitsConfig = LimitsConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    tls: TlsConfig = TlsConfig()
+    journal: JournalConfig = JournalConfig()
     providers: tuple[ProviderConfig, ...] = tuple(
         ProviderConfig(name, enabled) for name, enabled in BUILTIN_PROVIDER_DEFAULTS.items()
     )

@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from .config import Config
-from .errors import SttServerError
+from .errors import ForbiddenError, SttServerError
 from .session import SessionParams, parse_session, split_target
 from .tokens import TokenEntry, TokenTable
 
@@ -55,6 +55,18 @@ def offered_subprotocols(headers: Mapping[str, str]) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
 
+def check_origin(headers: Mapping[str, str], allowed: Collection[str]) -> None:
+    """Refuse a browser page from an origin not in ``allowed`` (cross-site websocket hijacking).
+
+    An empty ``allowed`` admits every origin. A request without ``Origin`` is not from a browser
+    page and is admitted: non-browser clients can send any Origin they like anyway.
+    """
+    origin = headers.get("Origin")
+    if not allowed or origin is None or origin in allowed:
+        return
+    raise ForbiddenError(f"origin {origin!r} is not allowed to open sessions", code="origin_forbidden")
+
+
 def accept_session(
     target: str,
     headers: Mapping[str, str],
@@ -64,7 +76,8 @@ def accept_session(
     providers: Collection[str],
     peer: str,
 ) -> SessionContext:
-    """Validate the URL, then the token, then the token's right to the provider."""
+    """Validate the origin, the URL, then the token, then the token's right to the provider."""
+    check_origin(headers, config.limits.allowed_origins)
     params = parse_session(target, defaults=config.session, default_provider=config.server.default_provider,
                            providers=providers)
     token = token_from_request(target, headers, offered_subprotocols(headers))

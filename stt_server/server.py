@@ -1,13 +1,17 @@
-"""The websockets layer: an explicit lifecycle (start, serve, shut down) around the pure core.
+"""The websockets layer: an explicit lifecycle (start, serve, drain or stop) around the pure core.
 
 ``process_request`` answers everything that can be answered before the upgrade (health,
-auth, bad URLs, capacity) with a plain HTTP response; accepted connections get a
-:class:`SessionRunner`.
+readiness, metrics, auth, bad URLs, capacity, draining) with a plain HTTP response; accepted
+connections get a :class:`SessionRunner`. ``reload`` applies a new config's safe keys;
+``drain`` is the graceful shutdown used by the CLI's signal handlers and by tests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http
+import json
+import ssl
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -18,15 +22,31 @@ from websockets.http11 import Request, Response
 
 from . import providers as provider_registry
 from .config import Config
-from .errors import CapacityError, ProviderError, SttServerError
-from .handshake import TOKEN_SUBPROTOCOL, SessionContext, accept_session, error_body
-from .logs import get_logger
+from .errors import AuthError, CapacityError, ConfigError, ForbiddenError, ProviderError, SttServerError
+from .handshake import (
+    TOKEN_SUBPROTOCOL,
+    SessionContext,
+    accept_session,
+    error_body,
+    offered_subprotocols,
+    token_from_request,
+)
+from .journal import Journal, final_record
+from .logs import get_logger, set_level
+from .metrics import CONTENT_TYPE, Metrics
 from .protocols import WireProtocol
 from .protocols.native import NativeProtocol
 from .providers import Provider
+from .reload import ReloadPlan, plan_reload
+from .results import Result
 from .session import Endpoint, SessionParams
-from .session_runner import SessionRunner
+from .session_runner import DRAIN_REASON, SessionRunner
 from .tokens import TokenStore
+
+# Seconds a refused client is asked to wait before retrying (503 over capacity or draining).
+RETRY_AFTER_SECONDS = 5
+# Part of the drain timeout kept for closing connections and stopping engines.
+DRAIN_STOP_MARGIN = 2.0
 
 
 def protocol_for(params: SessionParams) -> WireProtocol:
@@ -37,10 +57,34 @@ def protocol_for(params: SessionParams) -> WireProtocol:
     return SeedProtocol()
 
 
-def json_response(status: http.HTTPStatus, body: bytes, extra: Mapping[str, str] | None = None) -> Response:
-    headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+def json_response(status: http.HTTPStatus, body: bytes, extra: Mapping[str, str] | None = None,
+                  content_type: str = "application/json") -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
                        ("Connection", "close"), *(extra or {}).items()])
     return Response(status.value, status.phrase, headers, body)
+
+
+def error_response(error: SttServerError) -> Response:
+    extra = {"Retry-After": str(RETRY_AFTER_SECONDS)} if error.http_status == 503 else None
+    return json_response(http.HTTPStatus(error.http_status), error_body(error), extra)
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """A server TLS context from ``tls.cert_file``/``key_file``; ConfigError if they cannot be loaded."""
+    if not config.tls.enabled:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    _load_certificate(context, config)
+    return context
+
+
+def _load_certificate(context: ssl.SSLContext, config: Config) -> None:
+    cert, key = config.resolve_path(config.tls.cert_file), config.resolve_path(config.tls.key_file)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{config.source or 'built-in defaults'}: tls: cannot load certificate {cert} "
+                          f"and key {key}: {exc}") from None
 
 
 class SttServer:
@@ -49,9 +93,14 @@ class SttServer:
         self.tokens = tokens
         self.providers: dict[str, Provider] = dict(providers or {})
         self.log = get_logger("stt_server.server")
+        self.metrics = Metrics()
+        self.journal: Journal | None = None
+        self.draining = False
         self._server: Server | None = None
+        self._ssl: ssl.SSLContext | None = None
         self._contexts: dict[ServerConnection, SessionContext] = {}
         self._sessions_by_token: Counter[str] = Counter()
+        self._runners: dict[ServerConnection, tuple[SessionRunner, asyncio.Task[Any]]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -69,27 +118,41 @@ class SttServer:
             except Exception as exc:
                 raise ProviderError(f"provider {entry.name!r} failed to start: {type(exc).__name__}: {exc}",
                                     code="provider_unavailable") from exc
+            provider.inference_observer = self.metrics.inference_observer(entry.name)
             self.providers[entry.name] = provider
             self.log.info("provider ready", provider=entry.name, **dict(provider.describe()))
 
     async def start(self) -> None:
         self.tokens.refresh()
         self._log_token_problems()
+        self._ssl = tls_context(self.config)  # before the engines: a bad path fails fast
         await self.load_providers()
-        server_config = self.config.server
+        if self.config.journal.enabled:
+            journal = self.config.journal
+            self.journal = Journal(self.config.resolve_path(journal.file), max_bytes=journal.max_bytes,
+                                   backups=journal.backups)
+            await self.journal.open()
+        server_config, limits = self.config.server, self.config.limits
         self._server = await serve(
             self._handle,
             server_config.host,
             server_config.port,
+            ssl=self._ssl,
             # HTTP: answered before the upgrade.
             process_request=self._process_request,
             select_subprotocol=self._select_subprotocol,
             process_response=self._process_response,
             server_header=None,
+            # Timeouts.
+            open_timeout=limits.handshake_timeout_seconds,
+            ping_interval=limits.ping_interval_seconds or None,
+            ping_timeout=limits.ping_timeout_seconds or None,
+            close_timeout=limits.close_timeout_seconds,
             # Limits.
             max_size=server_config.max_message_bytes,
         )
-        self.log.info("listening", url=self.url, providers=sorted(self.providers))
+        self.log.info("listening", url=self.url, providers=sorted(self.providers),
+                      journal=str(self.journal.path) if self.journal else None)
 
     @property
     def port(self) -> int:
@@ -99,19 +162,70 @@ class SttServer:
     @property
     def url(self) -> str:
         host = self.config.server.host
-        return f"ws://{'[' + host + ']' if ':' in host else host}:{self.port}"
+        scheme = "wss" if self._ssl is not None else "ws"
+        return f"{scheme}://{'[' + host + ']' if ':' in host else host}:{self.port}"
 
     async def serve_forever(self) -> None:
         assert self._server is not None, "start() first"
         await self._server.wait_closed()
 
     async def stop(self) -> None:
-        """Stop accepting, close open sessions (1001), release engines."""
+        """Stop now: close open sessions with 1001 without a Draining notice (what they received is
+        still transcribed for the journal, within flush_timeout), release engines."""
         if self._server is not None:
-            self._server.close()
+            self._server.close(code=1001, reason=DRAIN_REASON)
             await self._server.wait_closed()
         for provider in self.providers.values():
             await provider.stop()
+        if self.journal is not None:
+            await self.journal.close()
+            self.journal = None
+
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Graceful shutdown: refuse new sessions (503, /readyz 503), tell each open session,
+        let it transcribe the audio it has received and send its finals, close it 1001, stop.
+
+        Sessions still running when ``timeout`` (``server.drain_timeout_seconds``) is nearly
+        spent are cut. Returns True when every session finished in time.
+        """
+        loop = asyncio.get_running_loop()
+        timeout = self.config.server.drain_timeout_seconds if timeout is None else timeout
+        deadline = loop.time() + timeout
+        self.draining = True
+        self.metrics.draining.set(1)
+        self.log.info("draining", sessions=len(self._runners), timeout_s=timeout)
+        for runner in self.open_sessions():
+            runner.drain()
+        tasks = {task for _, task in self._runners.values()}
+        pending: set[asyncio.Task[Any]] = set()
+        if tasks:
+            grace = max(0.0, deadline - loop.time() - min(DRAIN_STOP_MARGIN, timeout / 10))
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+        if pending:
+            self.log.warning("drain timeout: cutting sessions", sessions=len(pending))
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=max(0.1, deadline - loop.time()))
+        await self.stop()
+        self.log.info("drained", cut_sessions=len(pending))
+        return not pending
+
+    def reload(self, config: Config) -> ReloadPlan:
+        """Apply a new, already validated config's safe keys; re-read the token file and the TLS
+        certificate. Sessions already open keep the limits they started with."""
+        plan = plan_reload(self.config, config)
+        if self._ssl is not None:  # renewed certificate files; a bad one raises, nothing changed
+            _load_certificate(self._ssl, plan.config)
+        self.config = plan.config
+        set_level(self.config.logging.level)
+        self.tokens.refresh(force=True)
+        self._log_token_problems()
+        self.log.info("configuration reloaded", changed=list(plan.applied) or "nothing",
+                      tokens=len(self.tokens.table.entries))
+        if plan.needs_restart:
+            self.log.warning("configuration changes that need a restart were not applied",
+                             keys=list(plan.needs_restart))
+        return plan
 
     # --- handshake -------------------------------------------------------------------------
 
@@ -122,10 +236,18 @@ class SttServer:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
             return json_response(http.HTTPStatus.OK, b'{"status":"ok"}\n')
+        if path == "/readyz":
+            return self._readiness()
         if self.tokens.refresh():
             self.log.info("token file reloaded", entries=len(self.tokens.table.entries))
             self._log_token_problems()
         try:
+            if path == "/metrics" and self.config.metrics.enabled:
+                self._check_metrics_access(connection, request)
+                return json_response(http.HTTPStatus.OK, self.metrics.render(), content_type=CONTENT_TYPE)
+            if self.draining:
+                raise CapacityError("the server is shutting down; retry on another instance",
+                                    code="draining")
             context = accept_session(
                 request.path, request.headers, config=self.config, tokens=self.tokens.table,
                 providers=self.providers.keys(), peer=self._peer(connection),
@@ -135,10 +257,31 @@ class SttServer:
         except SttServerError as error:
             self.log.info("handshake refused", status=error.http_status, code=error.code,
                           path=path, peer=self._peer(connection))
-            return json_response(http.HTTPStatus(error.http_status), error_body(error))
+            self.metrics.refused(error.code, auth=isinstance(error, AuthError))
+            return error_response(error)
         self._contexts[connection] = context
         self._sessions_by_token[context.token.name] += 1
         return None
+
+    def _readiness(self) -> Response:
+        problems = [f"provider {name!r} is not ready" for name, provider in sorted(self.providers.items())
+                    if not provider.is_ready()]
+        missing = set(self.config.enabled_providers()) - set(self.providers)
+        problems += [f"provider {name!r} is not loaded" for name in sorted(missing)]
+        if self.draining:
+            problems.append("draining for shutdown")
+        if problems:
+            body = {"status": "not_ready", "reasons": problems}
+            return json_response(http.HTTPStatus.SERVICE_UNAVAILABLE, json.dumps(body).encode() + b"\n")
+        return json_response(http.HTTPStatus.OK, b'{"status":"ready"}\n')
+
+    def _check_metrics_access(self, connection: ServerConnection, request: Request) -> None:
+        address = connection.remote_address[0] if connection.remote_address else ""
+        if not self.config.metrics.allows(address):
+            raise ForbiddenError(f"/metrics is not open to {address}", code="metrics_forbidden")
+        if self.config.metrics.require_token:
+            self.tokens.authenticate(token_from_request(request.path, request.headers,
+                                                        offered_subprotocols(request.headers)))
 
     def _process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
         # A handshake that failed after process_request accepted it never reaches _handle.
@@ -154,8 +297,13 @@ class SttServer:
             del self._sessions_by_token[context.token.name]
 
     def _check_capacity(self, context: SessionContext) -> None:
-        limit = context.token.max_sessions
-        if limit is not None and self._sessions_by_token[context.token.name] >= limit:
+        limits = self.config.limits
+        if limits.max_sessions and len(self._contexts) >= limits.max_sessions:
+            raise CapacityError(f"the server already has {limits.max_sessions} open sessions",
+                                code="server_session_limit")
+        # The token file's max_sessions wins over the config's default for every token.
+        limit = context.token.max_sessions or limits.max_sessions_per_token
+        if limit and self._sessions_by_token[context.token.name] >= limit:
             raise CapacityError(f"token {context.token.name!r} already has {limit} open sessions",
                                 code="token_session_limit")
 
@@ -181,17 +329,43 @@ class SttServer:
         try:
             runner = SessionRunner(connection, context, protocol_for(context.params),
                                    self.providers[context.params.provider], logger=self.log,
-                                   flush_timeout=self.config.server.flush_timeout_seconds)
+                                   flush_timeout=self.config.server.flush_timeout_seconds,
+                                   on_result=self._on_result if self.journal is not None else None,
+                                   limits=self.config.limits,
+                                   metrics=self.metrics.session(context.params.provider))
+            task = asyncio.current_task()
+            assert task is not None
+            self._runners[connection] = (runner, task)
+            if self.draining:  # accepted just before the drain began
+                runner.drain()
             await runner.run()
+        except asyncio.CancelledError:  # cut at the drain deadline
+            await connection.close(1001, DRAIN_REASON)
+            raise
         except Exception:
             self.log.exception("session failed", **context.log_fields())
             await connection.close(1011, "internal error")
         finally:
+            self._runners.pop(connection, None)
             self._release(connection)
+
+    async def _on_result(self, context: SessionContext, result: Result) -> None:
+        """Journal each final before it is sent: on disk even if the client is gone."""
+        if not result.is_final or self.journal is None:
+            return
+        try:
+            await self.journal.write(final_record(context, result))
+        except OSError as exc:
+            self.metrics.journal_errors.inc()
+            self.log.error("journal write failed", error=str(exc), **context.log_fields())
 
     @property
     def active_sessions(self) -> int:
         return len(self._contexts)
+
+    def open_sessions(self) -> list[SessionRunner]:
+        """The sessions running now (for drain, and for tests to see what each has received)."""
+        return [runner for runner, _ in self._runners.values()]
 
     def status(self) -> dict[str, Any]:
         return {"sessions": self.active_sessions, "providers": sorted(self.providers)}

@@ -158,8 +158,9 @@ class TokenStore:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    def refresh(self) -> bool:
-        """Re-read the file if it changed since the last read; True if it was re-read.
+    def refresh(self, *, force: bool = False) -> bool:
+        """Re-read the file if it changed since the last read (or always, with ``force``: a
+        SIGHUP); True if it was re-read.
 
         If the file vanishes or cannot be read, the last good table stays in force.
         """
@@ -167,7 +168,7 @@ class TokenStore:
         if stamp is None:
             self.load_error = f"{self.path}: cannot read"
             return False
-        if stamp == self._stamp:
+        if stamp == self._stamp and not force:
             return False
         try:
             text = self.path.read_text(encoding="utf-8")

@@ -55,6 +55,11 @@ class WireProtocol(ABC):
     def error(self, error: SttServerError) -> list[str]:
         """Frames reporting an error; the session may go on afterwards."""
 
+    def draining(self, message: str) -> list[str]:
+        """Frames telling the client the server is shutting down: the audio it has sent is being
+        transcribed, its finals follow, then a 1001 close. None by default (the close says it)."""
+        return []
+
 
 def decode_base64_audio(value: Any, *, field: str) -> bytes:
     """Base64 text (optionally a ``data:...;base64,`` URL) → bytes, strictly."""

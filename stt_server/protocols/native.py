@@ -3,7 +3,8 @@
 Client → server: binary frames are audio; text frames are JSON:
 ``{"type": "Audio", "data": "<base64>"}``, ``{"type": "KeepAlive"}``, ``{"type": "Finalize"}``,
 ``{"type": "CloseStream"}``.
-Server → client: ``Metadata`` on open, ``Results``, ``Error``.
+Server → client: ``Metadata`` on open, ``Results``, ``Error``, and ``Draining`` when the server
+starts a graceful shutdown (finals for the audio already sent follow, then close 1001).
 """
 
 from __future__ import annotations
@@ -81,3 +82,6 @@ class NativeProtocol(WireProtocol):
 
     def error(self, error: SttServerError) -> list[str]:
         return [_dumps(error_message(error))]
+
+    def draining(self, message: str) -> list[str]:
+        return [_dumps({"type": "Draining", "message": message})]

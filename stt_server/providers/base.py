@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar
 
 from ..audio_format import AudioFormat, pcm16_mono
@@ -77,6 +77,13 @@ class Provider(ABC):
 
     def __init__(self, options: Any) -> None:
         self.options = options
+        #: Set by the server: called with the seconds each engine call took (for metrics).
+        self.inference_observer: Callable[[float], None] | None = None
+
+    def record_inference(self, seconds: float) -> None:
+        """Providers call this after each engine call (a decode, a request round trip)."""
+        if self.inference_observer is not None:
+            self.inference_observer(seconds)
 
     def input_format(self, client_format: AudioFormat) -> AudioFormat:
         """The format the stream wants. Default: 16 kHz mono PCM16, decoded by the server.

@@ -490,6 +490,7 @@ class WhisperStream(TranscriptionStream):
     async def _final(self, cut: Cut, audio: np.ndarray, previous: asyncio.Task[None] | None) -> None:
         try:
             decoded = await self._provider.run_model(self._decode, audio, True)
+            self._provider.record_inference(decoded.seconds)
         except Exception as exc:  # noqa: BLE001 - reported to the client through fail()
             self._fail(f"whisper failed on an utterance: {exc}")
             return
@@ -536,6 +537,7 @@ class WhisperStream(TranscriptionStream):
     async def _run_interim(self, utterance: int, start: int, end: int, audio: np.ndarray) -> None:
         try:
             decoded = await self._provider.run_model(self._decode, audio, False)
+            self._provider.record_inference(decoded.seconds)
         except Exception as exc:  # noqa: BLE001 - reported to the client through fail()
             self._fail(f"whisper failed on an interim: {exc}")
             return

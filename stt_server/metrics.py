@@ -1,0 +1,152 @@
+"""Prometheus metrics: one :class:`Metrics` (and one registry) per server instance.
+
+Not the global default registry: tests run several servers in one process, and each must
+report only what it did. The session code sees a small :class:`SessionMetrics` whose label
+children are bound once per session, so counting a frame is a dict-free increment.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .results import Result
+
+__all__ = ["CONTENT_TYPE", "AudioClock", "Metrics", "SessionMetrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Result latency and engine calls: from well under a second (PCM, idle box) to the 30 s
+# that would mean an engine has fallen far behind.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+INFERENCE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sessions_active = Gauge("stt_sessions_active", "Open sessions.", ["provider"], registry=r)
+        self.sessions_opened = Counter("stt_sessions_opened", "Sessions opened (upgrade accepted).",
+                                       ["provider"], registry=r)
+        self.sessions_closed = Counter("stt_sessions_closed", "Sessions ended, by websocket close code.",
+                                       ["provider", "code"], registry=r)
+        self.audio_seconds = Counter("stt_audio_seconds", "Seconds of audio handed to engines "
+                                     "(PCM engines only; pass-through containers are not counted).",
+                                     ["provider"], registry=r)
+        self.audio_bytes = Counter("stt_audio_bytes", "Audio bytes received from clients (after base64).",
+                                   ["provider"], registry=r)
+        self.messages = Counter("stt_messages_received", "Websocket messages received from clients.",
+                                ["provider"], registry=r)
+        self.results = Counter("stt_results_sent", "Results sent to clients.", ["provider", "kind"], registry=r)
+        self.errors = Counter("stt_errors", "Errors reported to clients (HTTP refusals and in-session "
+                              "Error messages), by stable error code.", ["code"], registry=r)
+        self.auth_failures = Counter("stt_auth_failures", "Refused handshakes for a missing, unknown or "
+                                     "unauthorised token.", ["code"], registry=r)
+        self.decode_errors = Counter("stt_decode_errors", "Sessions whose audio could not be decoded.",
+                                     ["provider"], registry=r)
+        self.inference_seconds = Histogram("stt_provider_inference_seconds", "Time of one engine call "
+                                           "(a Whisper decode, say).", ["provider"],
+                                           buckets=INFERENCE_BUCKETS, registry=r)
+        self.result_latency = Histogram("stt_result_latency_seconds", "From the arrival of the audio a "
+                                        "result ends with to the result being sent.", ["provider", "kind"],
+                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.journal_errors = Counter("stt_journal_errors", "Finals that could not be written to the "
+                                      "transcript journal.", registry=r)
+        self.draining = Gauge("stt_draining", "1 while the server is draining for shutdown.", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def session(self, provider: str) -> SessionMetrics:
+        return SessionMetrics(self, provider)
+
+    def refused(self, code: str, *, auth: bool) -> None:
+        self.errors.labels(code).inc()
+        if auth:
+            self.auth_failures.labels(code).inc()
+
+    def inference_observer(self, provider: str) -> InferenceObserver:
+        return InferenceObserver(self.inference_seconds.labels(provider))
+
+
+class InferenceObserver:
+    """What a provider calls with the duration of each engine call."""
+
+    def __init__(self, histogram: Histogram) -> None:
+        self._histogram = histogram
+
+    def __call__(self, seconds: float) -> None:
+        self._histogram.observe(seconds)
+
+
+class SessionMetrics:
+    """One session's view: label children bound once."""
+
+    def __init__(self, metrics: Metrics, provider: str) -> None:
+        self._metrics = metrics
+        self.provider = provider
+        self._active = metrics.sessions_active.labels(provider)
+        self._audio_seconds = metrics.audio_seconds.labels(provider)
+        self._audio_bytes = metrics.audio_bytes.labels(provider)
+        self._messages = metrics.messages.labels(provider)
+        self._latency = {True: metrics.result_latency.labels(provider, "final"),
+                         False: metrics.result_latency.labels(provider, "interim")}
+        self._results = {True: metrics.results.labels(provider, "final"),
+                         False: metrics.results.labels(provider, "interim")}
+
+    def opened(self) -> None:
+        self._metrics.sessions_opened.labels(self.provider).inc()
+        self._active.inc()
+
+    def closed(self, code: int) -> None:
+        self._active.dec()
+        self._metrics.sessions_closed.labels(self.provider, str(code)).inc()
+
+    def message(self) -> None:
+        self._messages.inc()
+
+    def audio(self, nbytes: int) -> None:
+        self._audio_bytes.inc(nbytes)
+
+    def audio_seconds(self, seconds: float) -> None:
+        self._audio_seconds.inc(seconds)
+
+    def result_sent(self, result: Result, latency: float | None) -> None:
+        self._results[result.is_final].inc()
+        if latency is not None:
+            self._latency[result.is_final].observe(latency)
+
+    def error(self, code: str) -> None:
+        self._metrics.errors.labels(code).inc()
+
+    def decode_error(self) -> None:
+        self._metrics.decode_errors.labels(self.provider).inc()
+
+
+class AudioClock:
+    """When each point of a session's audio arrived, so a result's latency can be measured
+    from the arrival of the audio it ends with. Pure; times come from the caller."""
+
+    def __init__(self) -> None:
+        self._ends: list[float] = []  # cumulative audio seconds after each chunk, ascending
+        self._times: list[float] = []  # arrival time of that chunk
+
+    def received(self, audio_end: float, now: float) -> None:
+        self._ends.append(audio_end)
+        self._times.append(now)
+
+    def latency(self, result_end: float, now: float) -> float | None:
+        """Seconds since the chunk holding ``result_end`` arrived; None before any audio."""
+        if not self._ends:
+            return None
+        # Engines round timestamps; allow a millisecond so a result ending exactly on a chunk
+        # boundary maps to that chunk, and clamp results that end past the last chunk to it.
+        index = min(bisect.bisect_left(self._ends, result_end - 0.001), len(self._ends) - 1)
+        return max(0.0, now - self._times[index])
+
+    def forget_before(self, audio_time: float) -> None:
+        """Drop chunks wholly before ``audio_time`` (a final never goes back)."""
+        index = bisect.bisect_left(self._ends, audio_time - 0.001)
+        if index > 0:
+            del self._ends[:index], self._times[:index]

@@ -1,0 +1,89 @@
+"""Graceful drain with 20 live Whisper streams: every stream is told, every final for the
+audio already received arrives, every stream closes 1001, and nothing new is accepted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+import websockets
+from ops_support import http_get, wait_until
+from support import JFK_FLAC, Transcript, chunked, collect, load_pcm16, normalize, stream_audio
+
+STREAMS = 20
+CHUNK = 3200
+
+
+@pytest.fixture(scope="module")
+def short_pcm() -> bytes:
+    """The first ~4.5 s of jfk: "And so my fellow Americans, ask not..." (short: 2 cores, 20 streams)."""
+    return load_pcm16(JFK_FLAC)[: 16000 * 2 * 9 // 2]
+
+
+def words(transcript: Transcript) -> list[str]:
+    return normalize(transcript.text)
+
+
+async def open_stream(url: str, pcm: bytes) -> tuple[websockets.ClientConnection, Transcript, asyncio.Task]:
+    ws = await websockets.connect(url, max_size=None)
+    transcript = Transcript()
+    reader = asyncio.create_task(collect(ws, transcript))
+    for chunk in chunked(pcm, CHUNK):
+        await ws.send(chunk)
+    return ws, transcript, reader
+
+
+async def test_drain_during_20_live_streams_loses_no_final(make_server, short_pcm: bytes) -> None:
+    live = make_server({"limits": {"max_sessions": 64}})
+    url = live.url(interim_results="false")
+    reference = await stream_audio(url, chunked(short_pcm, CHUNK))
+    assert reference.close_code == 1000 and reference.finals
+    expected = len(reference.finals)
+
+    streams = await asyncio.gather(*(open_stream(url, short_pcm) for _ in range(STREAMS)))
+    # Everything has been sent; wait until the server has read it all (it has "received" it).
+    runners = live.server.open_sessions
+    await wait_until(lambda: len(runners()) == STREAMS and all(r.stats.bytes_in == len(short_pcm)
+                                                               for r in runners()), what="all audio read")
+    loop = asyncio.get_running_loop()
+    began = time.monotonic()
+    drained = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(live.server.drain(120), live.loop))
+    await wait_until(lambda: live.server.draining, what="drain to start")
+    # While draining: readiness fails and new sessions are refused with 503.
+    status, _, body = await loop.run_in_executor(None, http_get, f"{live.http_url}/readyz")
+    assert status == 503 and "draining for shutdown" in json.loads(body)["reasons"]
+    with pytest.raises(websockets.InvalidStatus) as info:
+        async with websockets.connect(url):
+            pass
+    assert info.value.response.status_code == 503
+    assert json.loads(bytes(info.value.response.body))["error"] == "draining"
+
+    assert await asyncio.wait_for(drained, 150) is True
+    elapsed = time.monotonic() - began
+    await asyncio.gather(*(asyncio.wait_for(reader, 30) for _, _, reader in streams))
+    total = 0
+    for _, transcript, _ in streams:
+        types = [m["type"] for m in transcript.messages]
+        assert types[0] == "Metadata" and "Draining" in types
+        assert all(t == "Results" for t in types[types.index("Draining") + 1:])  # finals follow the notice
+        assert transcript.close_code == 1001, transcript.close_reason
+        assert len(transcript.finals) == expected
+        assert words(transcript) == words(reference)
+        total += len(transcript.finals)
+    assert total == STREAMS * expected
+    print(f"drained {STREAMS} streams, {total} finals, in {elapsed:.1f} s")
+
+
+async def test_drain_timeout_cuts_what_cannot_finish(make_server) -> None:
+    live = make_server()
+    pcm = load_pcm16(JFK_FLAC)
+    ws, transcript, reader = await open_stream(live.url(), pcm * 3)  # 33 s of speech
+    await wait_until(lambda: any(r.stats.bytes_in == 3 * len(pcm) for r in live.server.open_sessions()),
+                     what="all audio read")
+    began = time.monotonic()
+    finished = await asyncio.get_running_loop().run_in_executor(None, live.call, live.server.drain(1.0))
+    assert finished is False and time.monotonic() - began < 3
+    await asyncio.wait_for(reader, 10)
+    assert transcript.close_code == 1001
