@@ -413,6 +413,7 @@ class GoogleStream(TranscriptionStream):
                         await asyncio.gather(pump, return_exceptions=True)
                     if not call.done():
                         call.cancel()
+                    _end_requests(requests)
         except TimeoutError:
             if self._planned_restart:
                 raise _Restart(carried_audio=True) from None
@@ -529,6 +530,14 @@ async def _drain(requests: asyncio.Queue[StreamingRecognizeRequest | None]) -> A
     """The request iterator grpc consumes; None half-closes the call."""
     while (request := await requests.get()) is not None:
         yield request
+
+
+def _end_requests(requests: asyncio.Queue[StreamingRecognizeRequest | None]) -> None:
+    """Let the request iterator finish when a call ends, rather than linger suspended until
+    garbage collection (seen as "Event loop is closed" warnings once the loop is gone)."""
+    while not requests.empty():
+        requests.get_nowait()
+    requests.put_nowait(None)
 
 
 async def _probe(call: Any) -> None:
