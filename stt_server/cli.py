@@ -126,17 +126,9 @@ def _serve(config: Config, reload_config: Callable[[], Config]) -> int:
     configure(config.logging.level, config.logging.format)
     log = get_logger("stt_server.cli")
     token_path = config.resolve_path(config.tokens.file)
-    if config.tokens.create_if_missing:
-        token = ensure_token_file(token_path)
-        if token is not None:
-            host = "127.0.0.1" if config.server.host in ("0.0.0.0", "::", "") else config.server.host
-            # Printed once, to the terminal, not to the log: it is stored only as a hash.
-            print(f"Created {token_path} with a new token (stored hashed; shown only now):\n"
-                  f"  {token}\n"
-                  f"Try it:\n  stt-client --url ws://{host}:{config.server.port} --token {token} FILE.wav\n",
-                  flush=True)
+    first_token = ensure_token_file(token_path) if config.tokens.create_if_missing else None
     try:
-        return asyncio.run(_run(config, TokenStore(token_path), reload_config))
+        return asyncio.run(_run(config, TokenStore(token_path), reload_config, first_token))
     except KeyboardInterrupt:
         return 130
     except SttServerError as error:
@@ -144,7 +136,17 @@ def _serve(config: Config, reload_config: Callable[[], Config]) -> int:
         return 1
 
 
-async def _run(config: Config, tokens: TokenStore, reload_config: Callable[[], Config]) -> int:
+def _print_first_token(token: str, token_path: object, url: str) -> None:
+    """Printed once, to the terminal, not to the log: the file stores only its hash."""
+    for wildcard in ("0.0.0.0", "[::]"):
+        url = url.replace(f"//{wildcard}:", "//127.0.0.1:")
+    print(f"Created {token_path} with a new token (stored hashed; shown only now):\n"
+          f"  {token}\n"
+          f"Try it:\n  stt-client --url {url} --token {token} FILE.wav\n", flush=True)
+
+
+async def _run(config: Config, tokens: TokenStore, reload_config: Callable[[], Config],
+               first_token: str | None = None) -> int:
     """Serve until SIGTERM or SIGINT, then drain; SIGHUP reloads; a second stop signal exits at once."""
     from .server import SttServer  # imports websockets and numpy: not needed for `tokens`
 
@@ -176,6 +178,8 @@ async def _run(config: Config, tokens: TokenStore, reload_config: Callable[[], C
         loop.add_signal_handler(signum, on_stop, signum)
     loop.add_signal_handler(signal.SIGHUP, on_reload)
     await server.start()
+    if first_token is not None:
+        _print_first_token(first_token, tokens.path, server.url)
     await stop.wait()
     await server.drain()
     return 0

@@ -330,7 +330,8 @@ def _providers(data: Any, source: str | None) -> tuple[ProviderConfig, ...]:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{_where(source)}: providers: expected a mapping of provider name to options")
     merged: dict[str, Any] = {name: {} for name in BUILTIN_PROVIDER_DEFAULTS}
-    merged.update(data)
+    # A bare `null:` key is YAML for None; it can only mean the null provider.
+    merged.update({"null" if name is None else name: options for name, options in data.items()})
     entries = []
     for name, options in merged.items():
         key = f"providers.{name}"

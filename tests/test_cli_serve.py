@@ -32,6 +32,7 @@ async def test_first_run_creates_token_file_and_serves(tmp_path: Path) -> None:
             event = json.loads(line)
             if event.get("event") == "listening":
                 url = event["url"]
+        assert f"stt-client --url {url} --token {token}" in banner  # the real port, not :0
         token_file = tmp_path / "tokens.txt"
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         assert token not in token_file.read_text()

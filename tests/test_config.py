@@ -102,3 +102,10 @@ def test_provider_options_are_validated_by_the_provider(tmp_path: Path) -> None:
     config = from_mapping({"providers": {"null": {"enabled": True, "passthru": True}}}, source="x.yaml")
     with pytest.raises(ConfigError, match=r"x.yaml: providers.null.passthru: unknown key"):
         create(config.provider("null"), discover(config), config.source)
+
+
+def test_bare_null_provider_key_means_the_null_provider() -> None:
+    import yaml
+
+    config = from_mapping(yaml.safe_load("providers:\n  null:\n    enabled: true\n"))
+    assert "null" in config.enabled_providers()
