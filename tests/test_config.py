@@ -109,3 +109,39 @@ def test_bare_null_provider_key_means_the_null_provider() -> None:
 
     config = from_mapping(yaml.safe_load("providers:\n  null:\n    enabled: true\n"))
     assert "null" in config.enabled_providers()
+
+
+def test_every_provider_block_in_config_yaml_matches_its_options_class() -> None:
+    """config.yaml documents every provider option; each block must validate as written."""
+    import dataclasses
+
+    from stt_server.config import build
+    from stt_server.providers import discover, load_class
+
+    config = load(str(REPO / "config.yaml"), environ={})
+    specs = discover(config)
+    for entry in config.providers:
+        cls = load_class(specs[entry.name])
+        options = build(cls.Options, dict(entry.options), key=f"providers.{entry.name}", source=config.source)
+        documented = set(entry.options)
+        fields = {f.name for f in dataclasses.fields(cls.Options)}
+        assert documented == fields, f"{entry.name}: config.yaml lacks {fields - documented}"
+        assert options == cls.Options(), f"{entry.name}: config.yaml differs from the built-in defaults"
+
+
+def test_config_yaml_documents_every_key_with_its_default() -> None:
+    import dataclasses
+
+    import yaml
+
+    data = yaml.safe_load((REPO / "config.yaml").read_text())
+    defaults = Config()
+    for section in dataclasses.fields(Config):
+        if section.name in ("providers", "source"):
+            continue
+        fields = {f.name for f in dataclasses.fields(getattr(defaults, section.name))}
+        assert set(data[section.name]) == fields, f"config.yaml section {section.name!r} differs from the code"
+    loaded = from_mapping(data, source="config.yaml")
+    for section in dataclasses.fields(Config):
+        if section.name not in ("providers", "source"):
+            assert getattr(loaded, section.name) == getattr(defaults, section.name), section.name
