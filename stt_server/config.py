@@ -239,6 +239,18 @@ class Config:
         return Path(self.source).resolve().parent / candidate
 
 
+def require(ok: bool, message: str) -> None:
+    """For option dataclasses of providers: a ValueError that :func:`build` reports as a
+    config error naming the section and the file."""
+    if not ok:
+        raise ValueError(message)
+
+
+def within(name: str, value: float, low: float, high: float) -> None:
+    """``low <= value <= high`` or a ValueError naming the option (see :func:`require`)."""
+    require(low <= value <= high, f"{name} must be between {low:g} and {high:g}, got {value!r}")
+
+
 T = typing.TypeVar("T")
 
 

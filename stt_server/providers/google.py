@@ -40,6 +40,7 @@ from google.cloud.speech_v1 import (
 from google.cloud.speech_v1.services.speech.transports import SpeechGrpcAsyncIOTransport
 
 from ..audio_format import AudioFormat, pcm16_mono
+from ..config import require, within
 from ..errors import ProviderError
 from ..results import Result, Word
 from ..session import SessionParams
@@ -119,18 +120,13 @@ class GoogleOptions:
     pace_realtime: bool = True
 
     def __post_init__(self) -> None:
-        if not 1 <= self.restart_after_seconds <= 290:
-            raise ValueError("restart_after_seconds must be between 1 and 290")
-        if not 1_000 <= self.max_request_bytes <= 25_600:
-            raise ValueError("max_request_bytes must be between 1000 and 25600")
-        if self.max_retries < 0 or self.retry_backoff_seconds < 0:
-            raise ValueError("max_retries and retry_backoff_seconds must not be negative")
-        if self.max_resend_seconds <= 0:
-            raise ValueError("max_resend_seconds must be positive")
-        if not 0 <= self.phrase_boost <= 20:
-            raise ValueError("phrase_boost must be between 0 and 20")
-        if self.insecure and not self.api_endpoint:
-            raise ValueError("insecure needs api_endpoint")
+        within("restart_after_seconds", self.restart_after_seconds, 1, 290)
+        within("max_request_bytes", self.max_request_bytes, 1_000, 25_600)
+        require(self.max_retries >= 0 and self.retry_backoff_seconds >= 0,
+                "max_retries and retry_backoff_seconds must not be negative")
+        require(self.max_resend_seconds > 0, "max_resend_seconds must be positive")
+        within("phrase_boost", self.phrase_boost, 0, 20)
+        require(not self.insecure or bool(self.api_endpoint), "insecure needs api_endpoint")
 
 
 class GoogleProvider(Provider):

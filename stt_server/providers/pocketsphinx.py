@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..audio_format import AudioFormat
+from ..config import require, within
 from ..errors import CapacityError, ProviderError, RequestError
 from ..results import Result, Word
 from ..session import SessionParams
@@ -98,28 +99,19 @@ class PocketsphinxOptions:
     start_timeout_seconds: float = 60.0
 
     def __post_init__(self) -> None:
-        # ValueError, which config.build reports as a config error naming providers.pocketsphinx.
-        def check(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(message)
-
-        check(bool(self.languages) and all(tag.strip() for tag in self.languages),
-              "languages must name at least one language")
-        check(1 <= self.processes <= 64, f"processes must be between 1 and 64, got {self.processes}")
-        check(1 <= self.max_streams_per_process <= 256,
-              f"max_streams_per_process must be between 1 and 256, got {self.max_streams_per_process}")
-        check(0 <= self.vad_mode <= 3, f"vad_mode must be between 0 and 3, got {self.vad_mode}")
-        check(30 <= self.speech_pad_ms <= 2000, f"speech_pad_ms must be between 30 and 2000, got {self.speech_pad_ms}")
-        check(30 <= self.min_speech_ms <= self.speech_pad_ms,
-              f"min_speech_ms must be between 30 and speech_pad_ms ({self.speech_pad_ms}), got {self.min_speech_ms}")
-        check(0 <= self.pause_final_ms <= 60_000, f"pause_final_ms must be between 0 and 60000, got {self.pause_final_ms}")
-        check(1.0 <= self.max_utterance_seconds <= 600.0,
-              f"max_utterance_seconds must be between 1 and 600, got {self.max_utterance_seconds}")
-        check(10 <= self.interim_interval_ms <= 60_000,
-              f"interim_interval_ms must be between 10 and 60000, got {self.interim_interval_ms}")
-        check(0.5 <= self.max_backlog_seconds <= 600.0,
-              f"max_backlog_seconds must be between 0.5 and 600, got {self.max_backlog_seconds}")
-        check(self.start_timeout_seconds > 0, f"start_timeout_seconds must be positive, got {self.start_timeout_seconds}")
+        require(bool(self.languages) and all(tag.strip() for tag in self.languages),
+                "languages must name at least one language")
+        within("processes", self.processes, 1, 64)
+        within("max_streams_per_process", self.max_streams_per_process, 1, 256)
+        within("vad_mode", self.vad_mode, 0, 3)
+        within("speech_pad_ms", self.speech_pad_ms, 30, 2000)
+        within("min_speech_ms", self.min_speech_ms, 30, self.speech_pad_ms)
+        within("pause_final_ms", self.pause_final_ms, 0, 60_000)
+        within("max_utterance_seconds", self.max_utterance_seconds, 1, 600)
+        within("interim_interval_ms", self.interim_interval_ms, 10, 60_000)
+        within("max_backlog_seconds", self.max_backlog_seconds, 0.5, 600)
+        require(self.start_timeout_seconds > 0,
+                f"start_timeout_seconds must be positive, got {self.start_timeout_seconds}")
 
 
 def check_language(tag: str, languages: tuple[str, ...]) -> None:

@@ -33,6 +33,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from ..audio_format import AudioFormat
+from ..config import require, within
 from ..errors import ProviderError, RequestError
 from ..results import Result, Word
 from ..session import SessionParams
@@ -81,26 +82,19 @@ class WhisperOptions:
     pause_final_ms: int = 2000
 
     def __post_init__(self) -> None:
-        # ValueError, which config.build reports as a config error naming providers.whisper.
-        def check(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(message)
-
-        check(bool(self.compute_type.strip()), "compute_type must not be empty")
-        check(1 <= self.workers <= 64, f"workers must be between 1 and 64, got {self.workers}")
-        check(0 <= self.cpu_threads <= 256, f"cpu_threads must be between 0 and 256, got {self.cpu_threads}")
-        check(1 <= self.beam_size <= 20, f"beam_size must be between 1 and 20, got {self.beam_size}")
-        check(0.0 < self.vad_threshold < 1.0, f"vad_threshold must be between 0 and 1, got {self.vad_threshold}")
-        check(0 <= self.speech_pad_ms <= 2000, f"speech_pad_ms must be between 0 and 2000, got {self.speech_pad_ms}")
-        check(0 <= self.min_speech_ms <= 5000, f"min_speech_ms must be between 0 and 5000, got {self.min_speech_ms}")
+        require(bool(self.compute_type.strip()), "compute_type must not be empty")
+        within("workers", self.workers, 1, 64)
+        within("cpu_threads", self.cpu_threads, 0, 256)
+        within("beam_size", self.beam_size, 1, 20)
+        require(0.0 < self.vad_threshold < 1.0, f"vad_threshold must be between 0 and 1, got {self.vad_threshold}")
+        within("speech_pad_ms", self.speech_pad_ms, 0, 2000)
+        within("min_speech_ms", self.min_speech_ms, 0, 5000)
         # Pads on both sides must still fit in Whisper's 30 s window.
-        check(1.0 <= self.max_utterance_seconds <= 28.0,
-              f"max_utterance_seconds must be between 1 and 28, got {self.max_utterance_seconds}")
-        check(50 <= self.interim_interval_ms <= 60_000,
-              f"interim_interval_ms must be between 50 and 60000, got {self.interim_interval_ms}")
-        check(self.interim_load_factor >= 1.0,
-              f"interim_load_factor must be at least 1 (or interims fall behind), got {self.interim_load_factor}")
-        check(0 <= self.pause_final_ms <= 60_000, f"pause_final_ms must be between 0 and 60000, got {self.pause_final_ms}")
+        within("max_utterance_seconds", self.max_utterance_seconds, 1, 28)
+        within("interim_interval_ms", self.interim_interval_ms, 50, 60_000)
+        require(self.interim_load_factor >= 1.0,
+                f"interim_load_factor must be at least 1 (or interims fall behind), got {self.interim_load_factor}")
+        within("pause_final_ms", self.pause_final_ms, 0, 60_000)
 
 
 # --------------------------------------------------------------------------- pure core
