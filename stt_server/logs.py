@@ -20,6 +20,8 @@ _SECRET_PATTERNS = (
     (re.compile(r"(?i)\b(bearer|token)(\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\1\2[redacted]"),
 )
 
+CHATTY_LIBRARIES = ("websockets", "faster_whisper")
+
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -67,9 +69,11 @@ def configure(level: str = "info", fmt: str = "console", stream: IO[str] | None 
 def set_level(level: str) -> None:
     numeric = LEVELS[level]
     logging.getLogger().setLevel(numeric)
-    # websockets logs every frame and header at DEBUG and each connection at INFO; our own
-    # session lines say the same with context, so only its warnings are worth showing.
-    logging.getLogger("websockets").setLevel(max(numeric, logging.WARNING))
+    # Libraries that log per frame or per decode: websockets (every frame and header at DEBUG,
+    # each connection at INFO), faster-whisper (two INFO lines per model call). Our session
+    # lines say the same with context, so only their warnings are worth showing.
+    for chatty in CHATTY_LIBRARIES:
+        logging.getLogger(chatty).setLevel(max(numeric, logging.WARNING))
 
 
 def get_logger(name: str = "stt_server") -> Any:
