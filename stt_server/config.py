@@ -25,6 +25,15 @@ from .errors import ConfigError
 ENV_PREFIX = "STT_SERVER_"
 
 
+def resolve_config_path(path: str, source: str | None) -> Path:
+    """``~`` expanded; a relative path is relative to the config file's folder (or the working
+    folder when running on built-in defaults)."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute() or source is None:
+        return candidate
+    return Path(source).resolve().parent / candidate
+
+
 class _Invalid(Exception):
     def __init__(self, key: str, reason: str) -> None:
         super().__init__(f"{key}: {reason}")
@@ -233,10 +242,7 @@ class Config:
 
     def resolve_path(self, path: str) -> Path:
         """A path from the config, relative to the config file's folder."""
-        candidate = Path(path).expanduser()
-        if candidate.is_absolute() or self.source is None:
-            return candidate
-        return Path(self.source).resolve().parent / candidate
+        return resolve_config_path(path, self.source)
 
 
 def require(ok: bool, message: str) -> None:

@@ -145,3 +145,15 @@ def test_config_yaml_documents_every_key_with_its_default() -> None:
     for section in dataclasses.fields(Config):
         if section.name not in ("providers", "source"):
             assert getattr(loaded, section.name) == getattr(defaults, section.name), section.name
+
+
+def test_provider_path_options_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    from stt_server.providers import create, discover
+
+    config = from_mapping({"providers": {"google": {"credentials_file": "keys/sa.json"}}},
+                          source=str(tmp_path / "config.yaml"))
+    provider = create(config.provider("google"), discover(config), config.source)
+    assert provider.options.credentials_file == str(tmp_path / "keys" / "sa.json")
+    absolute = from_mapping({"providers": {"google": {"credentials_file": "/etc/sa.json"}}}, source="x.yaml")
+    assert create(absolute.provider("google"), discover(absolute), absolute.source).options.credentials_file == (
+        "/etc/sa.json")

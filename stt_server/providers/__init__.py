@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
-from ..config import Config, ProviderConfig, build
+from ..config import Config, ProviderConfig, build, resolve_config_path
 from ..errors import ConfigError, ProviderError
 from .base import Provider, TranscriptionStream
 
@@ -63,11 +63,16 @@ def load_class(spec: ProviderSpec) -> type[Provider]:
 
 
 def create(entry: ProviderConfig, specs: Mapping[str, ProviderSpec], source: str | None) -> Provider:
-    """Import the provider named in a config entry and validate its options."""
+    """Import the provider named in a config entry, resolve its path options and validate them."""
     spec = specs.get(entry.name)
     if spec is None:
         raise ConfigError(f"{source or 'built-in defaults'}: providers.{entry.name}: no such provider "
                           f"(known: {', '.join(sorted(specs))}); set 'module: package.module:Class'")
     cls = load_class(spec)
-    options = build(cls.Options, dict(entry.options), key=f"providers.{entry.name}", source=source)
+    raw = dict(entry.options)
+    for name in cls.path_options:
+        value = raw.get(name)
+        if isinstance(value, str) and value:
+            raw[name] = str(resolve_config_path(value, source))
+    options = build(cls.Options, raw, key=f"providers.{entry.name}", source=source)
     return cls(options)

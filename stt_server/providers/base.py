@@ -74,6 +74,9 @@ class Provider(ABC):
     name: ClassVar[str]
     #: Frozen dataclass of this provider's ``providers.<name>`` options, checked by config.build.
     Options: ClassVar[type]
+    #: Options that are file paths: a relative one is taken relative to the config file's
+    #: folder (as tokens.file is), so a service's working directory does not matter.
+    path_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: Any) -> None:
         self.options = options

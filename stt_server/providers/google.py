@@ -132,6 +132,7 @@ class GoogleOptions:
 class GoogleProvider(Provider):
     name = "google"
     Options = GoogleOptions
+    path_options = ("credentials_file",)
     options: GoogleOptions
 
     def __init__(self, options: GoogleOptions) -> None:

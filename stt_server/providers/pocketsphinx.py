@@ -602,6 +602,7 @@ class PocketsphinxProvider(Provider):
 
     name = "pocketsphinx"
     Options = PocketsphinxOptions
+    path_options = ("model", "language_model", "dictionary")
     options: PocketsphinxOptions
 
     def __init__(self, options: PocketsphinxOptions) -> None:

@@ -569,6 +569,7 @@ class WhisperProvider(Provider):
 
     name = "whisper"
     Options = WhisperOptions
+    path_options = ("model",)
     options: WhisperOptions
 
     def __init__(self, options: WhisperOptions) -> None:
