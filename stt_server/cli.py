@@ -110,8 +110,8 @@ def _tokens(config: Config, args: argparse.Namespace) -> int:
     if args.tokens_command == "list":
         entries, problems = parse_token_file(path.read_text(encoding="utf-8"))
         for entry in entries:
-            providers = ",".join(sorted(entry.providers)) if entry.providers else "all"
-            print(f"{entry.name:20} providers={providers} max_sessions={entry.max_sessions or '-'}")
+            allowed = ",".join(sorted(entry.providers)) if entry.providers else "all"
+            print(f"{entry.name:20} providers={allowed} max_sessions={entry.max_sessions or '-'}")
         for problem in problems:
             print(f"{path}:{problem.line}: {problem.message}", file=sys.stderr)
         return 0

@@ -13,12 +13,13 @@ import http
 import json
 import ssl
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from . import providers as provider_registry
 from . import web
@@ -239,8 +240,9 @@ class SttServer:
 
     # --- handshake -------------------------------------------------------------------------
 
-    def _select_subprotocol(self, connection: ServerConnection, subprotocols: list[str]) -> str | None:
-        return TOKEN_SUBPROTOCOL if TOKEN_SUBPROTOCOL in subprotocols else None
+    def _select_subprotocol(self, connection: ServerConnection,
+                            subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
+        return Subprotocol(TOKEN_SUBPROTOCOL) if TOKEN_SUBPROTOCOL in subprotocols else None
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]

@@ -336,9 +336,9 @@ class SessionRunner:
             await self.connection.close(*self._close)  # type: ignore[misc]
         except Exception as exc:  # an engine bug must end this session only
             self.log.exception("engine crashed")
-            error = ProviderError(f"engine failed: {type(exc).__name__}", code="provider_crashed")
-            await self._report(error)
-            self._request_close(error.close_code, error.code)
+            crash = ProviderError(f"engine failed: {type(exc).__name__}", code="provider_crashed")
+            await self._report(crash)
+            self._request_close(crash.close_code, crash.code)
             await self.connection.close(*self._close)  # type: ignore[misc]
 
     def _observe(self, result: Result) -> None:

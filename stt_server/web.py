@@ -74,6 +74,7 @@ def providers_body(*, enabled: Collection[str], default: str, language: str,
     """``GET /v1/providers``: what a client may choose. ``allowed`` narrows the list to what a
     presented token may use (None: no token presented, every enabled provider)."""
     names = sorted(name for name in enabled if allowed is None or name in allowed)
-    body: dict[str, Any] = {"providers": names, "default": default if default in names else (names or [None])[0],
+    fallback = names[0] if names else None
+    body: dict[str, Any] = {"providers": names, "default": default if default in names else fallback,
                             "language": language}
     return json.dumps(body).encode() + b"\n"

@@ -5,6 +5,8 @@ Cheap enough to run on the event loop (a 250 ms chunk converts in well under a m
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..audio_format import AudioFormat
@@ -13,7 +15,8 @@ from .base import AudioDecoder
 from .detect import sniff
 from .resample import Resampler
 
-_DTYPES = {"linear16": np.dtype("<i2"), "linear32": np.dtype("<i4"), "float32": np.dtype("<f4"),
+_DTYPES: dict[str, np.dtype[Any]] = {
+    "linear16": np.dtype("<i2"), "linear32": np.dtype("<i4"), "float32": np.dtype("<f4"),
            "mulaw": np.dtype("u1"), "alaw": np.dtype("u1")}
 
 

@@ -11,6 +11,7 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from typing import Any
 
 from ..config import Config, ProviderConfig, build, resolve_config_path
 from ..errors import ConfigError, ProviderError
@@ -74,5 +75,5 @@ def create(entry: ProviderConfig, specs: Mapping[str, ProviderSpec], source: str
         value = raw.get(name)
         if isinstance(value, str) and value:
             raw[name] = str(resolve_config_path(value, source))
-    options = build(cls.Options, raw, key=f"providers.{entry.name}", source=source)
+    options: Any = build(cls.Options, raw, key=f"providers.{entry.name}", source=source)
     return cls(options)

@@ -59,7 +59,7 @@ _PASSTHROUGH = {"linear16": Encoding.LINEAR16, "mulaw": Encoding.MULAW,
 _OPUS_RATES = (8_000, 12_000, 16_000, 24_000, 48_000)
 
 # Statuses that no retry can fix → the ProviderError code sent to the client.
-_PERMANENT: Mapping[type[gexc.GoogleAPICallError], str] = {
+_PERMANENT: Mapping[type[Exception], str] = {
     gexc.InvalidArgument: "google_invalid_argument",
     gexc.PermissionDenied: "google_permission_denied",
     gexc.Unauthenticated: "google_unauthenticated",
@@ -396,7 +396,9 @@ class GoogleStream(TranscriptionStream):
         pump: asyncio.Task[None] | None = None
         try:
             async with asyncio.timeout(None) as deadline:
-                call = await self._client.streaming_recognize(requests=_drain(requests), retry=None, timeout=None)
+                # The async client returns a grpc.aio call (done(), cancel()), typed as an iterable.
+                call: Any = await self._client.streaming_recognize(requests=_drain(requests), retry=None,
+                                                                   timeout=None)
                 try:
                     if careful:
                         await _probe(call)
