@@ -32,7 +32,8 @@ ARTIFACTS = REPO / "test-artifacts"
 def require_chromium() -> None:
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
     if missing or shutil.which("chromedriver") is None:
-        pytest.skip(f"needs Debian's chromium and chromium-driver (.ci/run installs them); missing: {missing}")
+        # A failure, not a skip: CI must install what the tests need.
+        pytest.fail(f"needs Debian's chromium and chromium-driver (.ci/run installs them); missing: {missing}")
 
 
 def write_mic_wav(path: Path, *, lead_s: float = 0.5, tail_s: float = 1.0) -> Path:
