@@ -140,6 +140,12 @@ def _print_first_token(token: str, token_path: object, url: str) -> None:
     """Printed once, to the terminal, not to the log: the file stores only its hash."""
     for wildcard in ("0.0.0.0", "[::]"):
         url = url.replace(f"//{wildcard}:", "//127.0.0.1:")
+    if os.environ.get("JOURNAL_STREAM"):
+        # systemd connects stdout to the journal: printing the token would log it.
+        print(f"Created {token_path} with one token named 'default'; it is not shown because this "
+              f"output goes to the system journal. Make one to use with: stt-server tokens add NAME",
+              flush=True)
+        return
     print(f"Created {token_path} with a new token (stored hashed; shown only now):\n"
           f"  {token}\n"
           f"Try it:\n  stt-client --url {url} --token {token} FILE.wav\n", flush=True)

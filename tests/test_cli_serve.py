@@ -47,3 +47,27 @@ async def test_first_run_creates_token_file_and_serves(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_first_run_under_systemd_does_not_print_the_token(tmp_path: Path) -> None:
+    """With stdout connected to the journal (JOURNAL_STREAM set), the token would be logged."""
+    import os
+
+    config = tmp_path / "config.yaml"
+    config.write_text("server:\n  port: 0\n  default_provider: 'null'\n"
+                      "providers:\n  whisper:\n    enabled: false\n  'null':\n    enabled: true\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "stt_server.cli", "--config", str(config), cwd=tmp_path,
+        env={**os.environ, "JOURNAL_STREAM": "8:12345"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        banner = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        assert "not shown" in banner and "stt-server tokens add" in banner
+        assert (tmp_path / "tokens.txt").exists()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
