@@ -8,6 +8,7 @@ children are bound once per session, so counting a frame is a dict-free incremen
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -66,18 +67,9 @@ class Metrics:
         if auth:
             self.auth_failures.labels(code).inc()
 
-    def inference_observer(self, provider: str) -> InferenceObserver:
-        return InferenceObserver(self.inference_seconds.labels(provider))
-
-
-class InferenceObserver:
-    """What a provider calls with the duration of each engine call."""
-
-    def __init__(self, histogram: Histogram) -> None:
-        self._histogram = histogram
-
-    def __call__(self, seconds: float) -> None:
-        self._histogram.observe(seconds)
+    def inference_observer(self, provider: str) -> Callable[[float], None]:
+        """What a provider calls with the duration of each engine call."""
+        return self.inference_seconds.labels(provider).observe
 
 
 class SessionMetrics:

@@ -176,10 +176,6 @@ class SttServer:
         scheme = "wss" if self._ssl is not None else "ws"
         return f"{scheme}://{'[' + host + ']' if ':' in host else host}:{self.port}"
 
-    async def serve_forever(self) -> None:
-        assert self._server is not None, "start() first"
-        await self._server.wait_closed()
-
     async def stop(self) -> None:
         """Stop now: close open sessions with 1001 without a Draining notice (what they received is
         still transcribed for the journal, within flush_timeout), release engines."""
@@ -322,7 +318,7 @@ class SttServer:
             try:
                 entry = self.tokens.authenticate(token)
             except SttServerError as error:
-                return json_response(http.HTTPStatus(error.http_status), error_body(error))
+                return error_response(error)
             allowed = [name for name in self.providers if entry.allows(name)]
         body = web.providers_body(enabled=self.providers.keys(), default=self.config.server.default_provider,
                                   language=self.config.session.language, allowed=allowed)
@@ -398,6 +394,3 @@ class SttServer:
     def open_sessions(self) -> list[SessionRunner]:
         """The sessions running now (for drain, and for tests to see what each has received)."""
         return [runner for runner, _ in self._runners.values()]
-
-    def status(self) -> dict[str, Any]:
-        return {"sessions": self.active_sessions, "providers": sorted(self.providers)}

@@ -37,7 +37,6 @@ CLOSE_GOING_AWAY = 1001  # the server is draining for shutdown
 CLOSE_POLICY = 1008  # bad audio, as Deepgram does; the session's maximum duration
 CLOSE_TOO_BIG = 1009  # a text frame over limits.max_base64_message_bytes
 CLOSE_INTERNAL = 1011  # engine failure; idle timeout, as Deepgram does
-CLOSE_TRY_AGAIN = 1013  # an engine at capacity
 
 DRAIN_REASON = "server shutting down"
 DEFAULT_LIMITS = LimitsConfig()
@@ -79,7 +78,7 @@ class SessionRunner:
         *,
         logger: Any,
         flush_timeout: float,
-        on_result: Callable[[SessionContext, Result], Awaitable[None] | None] | None = None,
+        on_result: Callable[[SessionContext, Result], Awaitable[None]] | None = None,
         limits: LimitsConfig = DEFAULT_LIMITS,
         metrics: SessionMetrics | None = None,
     ) -> None:
@@ -319,26 +318,23 @@ class SessionRunner:
         try:
             async for result in stream.results():
                 if self.on_result is not None:
-                    outcome = self.on_result(self.context, result)
-                    if outcome is not None:
-                        await outcome
+                    await self.on_result(self.context, result)
                 if not result.is_final and not interim:
                     continue
                 self.stats.results_out += 1
                 self.stats.finals_out += result.is_final
                 await self._send(self.protocol.result(result))
                 self._observe(result)
-        except ProviderError as error:
-            self.log.warning("engine failed", code=error.code, reason=error.message)
+        except Exception as exc:  # an engine failure, or an engine bug, ends this session only
+            if isinstance(exc, ProviderError):
+                error = exc
+                self.log.warning("engine failed", code=error.code, reason=error.message)
+            else:
+                self.log.exception("engine crashed")
+                error = ProviderError(f"engine failed: {type(exc).__name__}", code="provider_crashed")
             await self._report(error)
             self._request_close(error.close_code, error.code)
             # Stop the reader: it is waiting for frames that no longer matter.
-            await self.connection.close(*self._close)  # type: ignore[misc]
-        except Exception as exc:  # an engine bug must end this session only
-            self.log.exception("engine crashed")
-            crash = ProviderError(f"engine failed: {type(exc).__name__}", code="provider_crashed")
-            await self._report(crash)
-            self._request_close(crash.close_code, crash.code)
             await self.connection.close(*self._close)  # type: ignore[misc]
 
     def _observe(self, result: Result) -> None:

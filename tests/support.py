@@ -55,6 +55,8 @@ def test_wer_helper() -> None:
 import asyncio  # noqa: E402
 import base64  # noqa: E402
 import json  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -81,6 +83,14 @@ class Transcript:
     @property
     def text(self) -> str:
         return " ".join(m["channel"]["alternatives"][0]["transcript"] for m in self.finals).strip()
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
 
 
 def chunked(data: bytes, size: int) -> list[bytes]:

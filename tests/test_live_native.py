@@ -12,8 +12,18 @@ import sys
 
 import pytest
 import websockets
-from support import (JFK_FLAC, JFK_TEXT, as_base64_frame, chunked, collect, load_pcm16, stream_audio,
-                     Transcript, wer)
+from support import (
+    JFK_FLAC,
+    JFK_TEXT,
+    Transcript,
+    as_base64_frame,
+    chunked,
+    collect,
+    load_pcm16,
+    stream_audio,
+    wait_until,
+    wer,
+)
 
 from stt_server.logs import configure
 
@@ -176,11 +186,7 @@ async def test_client_vanishing_mid_stream_leaves_others_served(live_server, jfk
     ws.transport.abort()  # no close frame: the TCP connection just drops
     transcript = await stream_audio(live_server.url(), chunked(jfk_pcm, CHUNK))
     assert wer(JFK_TEXT, transcript.text) <= 0.15
-    for _ in range(200):
-        if live_server.server.active_sessions == 0:
-            break
-        await asyncio.sleep(0.1)
-    assert live_server.server.active_sessions == 0
+    await wait_until(lambda: live_server.server.active_sessions == 0, timeout=20, what="no open sessions")
 
 
 async def test_token_file_reloads_on_change(live_server) -> None:

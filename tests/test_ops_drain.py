@@ -9,8 +9,17 @@ import time
 
 import pytest
 import websockets
-from ops_support import http_get, wait_until
-from support import JFK_FLAC, Transcript, chunked, collect, load_pcm16, normalize, stream_audio
+from ops_support import http_get
+from support import (
+    JFK_FLAC,
+    Transcript,
+    chunked,
+    collect,
+    load_pcm16,
+    normalize,
+    stream_audio,
+    wait_until,
+)
 
 STREAMS = 20
 CHUNK = 3200

@@ -9,8 +9,15 @@ import signal
 import sys
 import textwrap
 
-from ops_support import wait_until
-from support import JFK_FLAC, JFK_TEXT, chunked, load_pcm16, stream_audio, wer
+from support import (
+    JFK_FLAC,
+    JFK_TEXT,
+    chunked,
+    load_pcm16,
+    stream_audio,
+    wait_until,
+    wer,
+)
 
 CHUNK = 3200
 

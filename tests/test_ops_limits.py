@@ -12,8 +12,8 @@ import time
 import pytest
 import websockets
 from conftest import deep_merge
-from ops_support import NULL_ONLY, wait_until
-from support import Transcript, collect, stream_audio
+from ops_support import NULL_ONLY
+from support import Transcript, collect, stream_audio, wait_until
 
 CHUNK = b"\0" * 3200
 

@@ -9,8 +9,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from ops_support import free_port, http_get, wait_until
-from support import JFK_FLAC, JFK_TEXT, REPO, chunked, load_pcm16, stream_audio, wer
+from ops_support import free_port, http_get
+from support import (
+    JFK_FLAC,
+    JFK_TEXT,
+    REPO,
+    chunked,
+    load_pcm16,
+    stream_audio,
+    wait_until,
+    wer,
+)
 
 DEPLOY_CONF = REPO / "deploy" / "nginx" / "stt_server.conf"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"

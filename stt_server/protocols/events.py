@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -68,6 +69,17 @@ class WireProtocol(ABC):
         """Frames telling the client the server is shutting down: the audio it has sent is being
         transcribed, its finals follow, then a 1001 close. None by default (the close says it)."""
         return []
+
+
+def parse_json_object(frame: str, *, what: str) -> dict[str, Any]:
+    """A text frame as a JSON object, or ProtocolError ``bad_json`` naming ``what`` it is."""
+    try:
+        message = json.loads(frame)
+    except ValueError:
+        message = None
+    if not isinstance(message, dict):
+        raise ProtocolError(f"{what} must be JSON objects", code="bad_json")
+    return message
 
 
 def decode_base64_audio(value: Any, *, field: str) -> bytes:

@@ -15,7 +15,16 @@ from typing import Any
 
 from ..errors import ProtocolError, SttServerError
 from ..results import Result
-from .events import AudioIn, ClientEvent, CloseStream, Finalize, KeepAlive, WireProtocol, decode_base64_audio
+from .events import (
+    AudioIn,
+    ClientEvent,
+    CloseStream,
+    Finalize,
+    KeepAlive,
+    WireProtocol,
+    decode_base64_audio,
+    parse_json_object,
+)
 
 _CONTROL: Mapping[str, ClientEvent] = {"KeepAlive": KeepAlive(), "Finalize": Finalize(),
                                        "CloseStream": CloseStream()}
@@ -28,12 +37,7 @@ def _dumps(message: Mapping[str, Any]) -> str:
 def parse_client_frame(frame: str | bytes) -> list[ClientEvent]:
     if isinstance(frame, bytes):
         return [AudioIn(frame)] if frame else []
-    try:
-        message = json.loads(frame)
-    except ValueError:
-        raise ProtocolError("text frames must be JSON objects", code="bad_json") from None
-    if not isinstance(message, dict):
-        raise ProtocolError("text frames must be JSON objects", code="bad_json")
+    message = parse_json_object(frame, what="text frames")
     kind = message.get("type")
     if kind == "Audio":
         return [AudioIn(decode_base64_audio(message.get("data"), field="data"))]

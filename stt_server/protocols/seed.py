@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import AudioError, ProtocolError, ProviderError, SttServerError
 from ..results import Result
-from .events import AudioIn, ClientEvent, WireProtocol, decode_base64_audio
+from .events import AudioIn, ClientEvent, WireProtocol, decode_base64_audio, parse_json_object
 
 TRANSCRIBE = "transcribe"
 
@@ -120,12 +120,7 @@ class SeedProtocol(WireProtocol):
             self._action, self._request_id = TRANSCRIBE, None
             return [AudioIn(frame)] if frame else []
         self._action, self._request_id = None, None
-        try:
-            message = json.loads(frame)
-        except ValueError:
-            raise ProtocolError("messages must be JSON objects", code="bad_json") from None
-        if not isinstance(message, dict):
-            raise ProtocolError("messages must be JSON objects", code="bad_json")
+        message = parse_json_object(frame, what="messages")
         self._request_id = message.get("request_id")
         action = message.get("action")
         if action is None:
