@@ -9,9 +9,10 @@ import av
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_AUDIO = REPO.parent / "shared" / "audio"
-JFK_FLAC = SHARED_AUDIO / "jfk.flac"
-JFK_TEXT = (SHARED_AUDIO / "jfk.txt").read_text(encoding="utf-8").strip()
+# Test data lives in the repository: a clone alone runs every test.
+DATA = Path(__file__).resolve().parent / "data"
+JFK_FLAC = DATA / "jfk.flac"
+JFK_TEXT = (DATA / "jfk.txt").read_text(encoding="utf-8").strip()
 
 
 def load_pcm16(path: str | Path, rate: int = 16_000, layout: str = "mono") -> bytes:

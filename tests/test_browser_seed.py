@@ -30,7 +30,7 @@ from conftest import LiveServer, start_live_server
 from support import JFK_TEXT, REPO, wer
 
 SEED_CLIENT = Path(__file__).with_name("seed_client") / "seed_client.js"
-SEED_DOCUMENT = REPO.parent / "shared" / "seed" / "000_afc5df6bbde07186.txt"
+SEED_DOCUMENT = Path(__file__).with_name("data") / "seed_design.txt"
 SEED_ORIGIN = "ws://127.0.0.1:8000/"
 SEED_PORT = 8000
 MAX_WER = 0.25
@@ -58,7 +58,7 @@ function seedClient() {
 
 
 def test_the_snippet_is_the_seeds_code_verbatim() -> None:
-    assert SEED_DOCUMENT.exists(), f"the seed document belongs beside the checkout: {SEED_DOCUMENT}"
+    assert SEED_DOCUMENT.exists(), f"the seed design document is missing: {SEED_DOCUMENT}"
     document = SEED_DOCUMENT.read_text(encoding="utf-8")
     block = document.split("```javascript\n", 1)[1].split("```", 1)[0]
     assert SEED_CLIENT.read_text(encoding="utf-8") == block
