@@ -1,0 +1,447 @@
+"""Blocking Whisper decoding of utterances: a right-sized encoder window, several at once.
+
+faster-whisper's ``WhisperModel.transcribe()`` encodes a 30 s window (3000 mel frames) for
+every call, whatever the audio's length; for a 2 s utterance that is most of the cost. Here the
+CTranslate2 model (``model.model``) is called directly:
+
+* **Right-sized window.** The log-mel features of the utterance are followed by
+  ``pad_seconds`` of the same zero padding the 30 s window has (faster-whisper pads the mel
+  features with zeros), so the encoder sees a prefix of what the full window would show it.
+  Cut to exactly the audio, Whisper loops ("... lights. Please turn off the kitchen lights.");
+  the measured pad that keeps the regression set's WER with the full window's is PAD_SECONDS.
+* **Batching.** Utterances (from any sessions) are encoded and generated in one CTranslate2
+  call, the features padded to the longest member's window; finals and interims are separate
+  calls because they decode with different beam sizes. MAX_BATCH is where batching stopped
+  paying on the 2-core development box (bench/whisper_window.py, bench/RESULTS.md).
+* **Guards against invented text**, as faster-whisper's: temperature fallback when the text is
+  too repetitive (compression ratio) or improbable (average log-probability), no text when the
+  no-speech probability is high and the text improbable, and none when a loop survives the
+  fallback or the generation ran out of tokens for the audio's length.
+
+``decode_full_window`` keeps the old ``model.transcribe()`` path: the reference for the
+regression comparison and a fallback.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..results import Word
+
+SAMPLE_RATE = 16_000
+# Whisper's mel hop is 10 ms; the encoder halves the frames; a full window is 30 s.
+FRAMES_PER_SECOND = 100
+FULL_WINDOW_FRAMES = 3000
+SAMPLES_PER_FRAME = SAMPLE_RATE // FRAMES_PER_SECOND
+# faster-whisper's defaults: punctuation merged into the neighbouring word's timing.
+PREPEND_PUNCTUATIONS = "\"'“¿([{-"
+APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
+# Silence (zero mel frames) after the audio in the short window; see the module docstring.
+PAD_SECONDS = 4.0
+# Windows are rounded up to a multiple of this many frames (the encoder's stride is 2).
+WINDOW_ROUNDING_FRAMES = 2
+# Requests worth decoding in one call on a 2-core CPU (measured, bench/RESULTS.md): beyond it a
+# batch costs as much per utterance as separate calls and only delays the first result.
+MAX_BATCH = 4
+# Tokens the decoder may produce per second of audio (+ a constant), so a loop stops early
+# instead of running to Whisper's 448-token limit; fast speech is ~5 tokens/s.
+MAX_TOKENS_PER_SECOND = 12
+MIN_MAX_TOKENS = 24
+WHISPER_MAX_LENGTH = 448
+# A run of this many words found this many times in one output is a loop (see _cut_loop).
+LOOP_NGRAM = 3
+LOOP_COUNT = 3
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    audio: np.ndarray          # float32 mono 16 kHz, one utterance, <= 30 s
+    language: str | None       # Whisper code "en"; None = detect (multilingual model)
+    final: bool                # final: best settings (+ words if asked); interim: cheapest
+    words: bool                # word timestamps wanted (finals only)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One Whisper pass over an utterance; times relative to the audio passed in."""
+
+    text: str
+    confidence: float          # 0..1
+    words: tuple[Word, ...]
+    seconds: float             # wall time of the call (for a batch: the batch's time)
+    language: str | None = None
+    language_probability: float = 0.0
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """How finals and interims are decoded (defaults chosen by bench/whisper_window.py)."""
+
+    # Beam width for finals; interims decode greedily.
+    beam_size: int = 5
+    interim_beam_size: int = 1
+    # Temperatures tried in turn for a final whose text trips a guard below; interims use the
+    # first. One: the fallback gained nothing on the regression set, and sampling made results
+    # differ from run to run (faster-whisper's is (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)).
+    temperatures: tuple[float, ...] = (0.0,)
+    # Sampled candidates per fallback temperature (faster-whisper's best_of).
+    best_of: int = 5
+    # Guards, faster-whisper's defaults: gzip ratio above which text is a loop, average token
+    # log-probability below which it is improbable, <|nospeech|> probability above which an
+    # improbable text is taken for silence.
+    compression_ratio_threshold: float = 2.4
+    log_prob_threshold: float = -1.0
+    no_speech_threshold: float = 0.6
+    # Zero mel frames after the audio in the short window (s).
+    pad_seconds: float = PAD_SECONDS
+    # Decode with Whisper's timestamp tokens: segments that start in the pad after the audio,
+    # or repeat an earlier segment, are the loops a short window invites, and are dropped.
+    # Off: without them the noisy half of the regression set did better (bench/RESULTS.md).
+    timestamp_tokens: bool = False
+    # Silero VAD threshold of the full-window path's own vad_filter.
+    vad_threshold: float = 0.5
+    suppress_tokens: tuple[int, ...] = field(default=(-1,))
+
+
+# --------------------------------------------------------------------------- short window
+
+
+@dataclass
+class _Item:
+    """One request's working state inside a batch."""
+
+    index: int
+    request: DecodeRequest
+    frames: int                # mel frames of the audio itself (the rest of the window is pad)
+    language: str = "en"
+    language_probability: float = 1.0
+    tokens: list[int] = field(default_factory=list)
+    avg_logprob: float = 0.0
+    no_speech_prob: float = 0.0
+    # Too repetitive (compression ratio) or ran out of tokens for the audio's length.
+    looped: bool = False
+
+    @property
+    def max_new_tokens(self) -> int:
+        return MIN_MAX_TOKENS + int(MAX_TOKENS_PER_SECOND * self.frames / FRAMES_PER_SECOND)
+
+
+def window_frames(content_frames: int, pad_seconds: float) -> int:
+    """Encoder input length for ``content_frames`` of audio: audio + pad, rounded, ≤ 30 s."""
+    frames = content_frames + int(round(pad_seconds * FRAMES_PER_SECOND))
+    frames = -(-frames // WINDOW_ROUNDING_FRAMES) * WINDOW_ROUNDING_FRAMES
+    return min(max(frames, WINDOW_ROUNDING_FRAMES), FULL_WINDOW_FRAMES)
+
+
+def compression_ratio(text: str) -> float:
+    """faster-whisper's repetition measure: raw bytes over zlib-compressed bytes."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def decode_batch(model: Any, requests: Sequence[DecodeRequest], settings: DecodeSettings) -> list[Decoded]:
+    """Blocking: decode utterances together; results in request order.
+
+    Finals and interims are decoded separately (different beams), each with one CTranslate2
+    encode, one generate (plus one per fallback temperature, for the members that need it)
+    and, for finals that want words, one alignment per language. Every result carries the
+    wall time of the whole call in ``seconds``.
+    """
+    began = time.perf_counter()
+    items = [_Item(i, request, _content_frames(request.audio)) for i, request in enumerate(requests)]
+    outcomes: dict[int, tuple[str, float, tuple[Word, ...]]] = {}
+    for final in (True, False):
+        group = [item for item in items if item.request.final == final]
+        if group:
+            for item, outcome in zip(group, _decode_group(model, group, settings, final=final)):
+                outcomes[item.index] = outcome
+    seconds = time.perf_counter() - began
+    return [Decoded(*outcomes[item.index], seconds, item.language, item.language_probability)
+            for item in items]
+
+
+def _content_frames(audio: np.ndarray) -> int:
+    samples = min(int(audio.size), FULL_WINDOW_FRAMES * SAMPLES_PER_FRAME)
+    return max(1, samples // SAMPLES_PER_FRAME)
+
+
+def _features(model: Any, items: Sequence[_Item], settings: DecodeSettings) -> np.ndarray:
+    """(batch, n_mels, frames): each utterance followed by digital silence up to the longest
+    member's window.
+
+    The silence is added to the *audio*, as Whisper's training data was padded, so the pad
+    frames sit at the utterance's own log-mel floor; faster-whisper's zero-valued mel padding
+    made short windows loop at every pad length tried (bench/RESULTS.md).
+    """
+    width = max(window_frames(item.frames, settings.pad_seconds) for item in items)
+    rows = []
+    for item in items:
+        audio = np.asarray(item.request.audio, dtype=np.float32)[:item.frames * SAMPLES_PER_FRAME]
+        padded = np.zeros(width * SAMPLES_PER_FRAME, dtype=np.float32)
+        padded[:audio.size] = audio
+        features = model.feature_extractor(padded)[:, :width]
+        if features.shape[-1] < width:  # never with the extractor's own 160-sample padding
+            features = np.pad(features, ((0, 0), (0, width - features.shape[-1])), mode="edge")
+        rows.append(features)
+    return np.ascontiguousarray(np.stack(rows).astype(np.float32))
+
+
+def _decode_group(model: Any, items: list[_Item], settings: DecodeSettings,
+                  *, final: bool) -> list[tuple[str, float, tuple[Word, ...]]]:
+    from faster_whisper.tokenizer import Tokenizer
+
+    features = _features(model, items, settings)
+    encoded = model.encode(features)
+    whisper = model.model
+    multilingual = bool(whisper.is_multilingual)
+    if multilingual and any(item.request.language is None for item in items):
+        for item, ranking in zip(items, whisper.detect_language(encoded)):
+            if item.request.language is None:
+                token, probability = ranking[0]
+                item.language, item.language_probability = token[2:-2], float(probability)
+    for item in items:
+        if item.request.language is not None:
+            # An English-only model has no language token: it always transcribes English.
+            item.language = item.request.language if multilingual else "en"
+            item.language_probability = 1.0
+    tokenizers = {language: Tokenizer(model.hf_tokenizer, multilingual, task="transcribe", language=language)
+                  for language in sorted({item.language for item in items})}
+    some_tokenizer = next(iter(tokenizers.values()))
+    suppress = list(_suppressed_tokens(some_tokenizer, settings.suppress_tokens))
+    # Without timestamp tokens an utterance is one segment; words come from the alignment anyway.
+    no_timestamps = [] if settings.timestamp_tokens else [some_tokenizer.no_timestamps]
+    prompts = [[*tokenizers[item.language].sot_sequence, *no_timestamps] for item in items]
+
+    temperatures = settings.temperatures if final else settings.temperatures[:1]
+    beam_size = settings.beam_size if final else settings.interim_beam_size
+    pending = list(range(len(items)))
+    for step, temperature in enumerate(temperatures):
+        if not pending:
+            break
+        subset = encoded if len(pending) == len(items) else _rows(model, encoded, features, pending)
+        if temperature > 0:
+            kwargs: dict[str, Any] = {"beam_size": 1, "num_hypotheses": settings.best_of,
+                                      "sampling_topk": 0, "sampling_temperature": temperature}
+        else:
+            kwargs = {"beam_size": beam_size}
+        longest = max(items[i].max_new_tokens for i in pending)
+        outputs = whisper.generate(
+            subset, [prompts[i] for i in pending],
+            max_length=min(WHISPER_MAX_LENGTH, len(prompts[0]) + longest),
+            return_scores=True, return_no_speech_prob=True, suppress_blank=True,
+            suppress_tokens=suppress, **kwargs)
+        retry = []
+        for i, output in zip(pending, outputs):
+            item = items[i]
+            generated = list(output.sequences_ids[0])
+            # faster-whisper's recovery of the mean log-probability (length_penalty 1).
+            avg_logprob = float(output.scores[0]) * len(generated) / (len(generated) + 1)
+            tokens = _kept_text_tokens(generated, tokenizers[item.language], item.frames / FRAMES_PER_SECOND)
+            ratio = compression_ratio(tokenizers[item.language].decode(tokens).strip())
+            looped = len(generated) >= item.max_new_tokens or ratio > settings.compression_ratio_threshold
+            if step == 0:
+                item.no_speech_prob = float(output.no_speech_prob)
+            # Keep the first result, or a later one that is not a loop and is more probable
+            # (or replaces a loop): faster-whisper's choice among fallback results.
+            if step == 0 or (not looped and (item.looped or avg_logprob > item.avg_logprob)):
+                item.tokens, item.avg_logprob, item.looped = tokens, avg_logprob, looped
+            improbable = avg_logprob < settings.log_prob_threshold
+            silence = item.no_speech_prob > settings.no_speech_threshold and improbable
+            if (looped or improbable) and not silence:
+                retry.append(i)
+        pending = retry
+
+    outcomes: list[tuple[str, float, tuple[Word, ...]]] = []
+    wants_words: list[_Item] = []
+    for item in items:
+        text = tokenizers[item.language].decode(item.tokens).strip()
+        silence = (item.no_speech_prob > settings.no_speech_threshold
+                   and item.avg_logprob < settings.log_prob_threshold)
+        if silence or item.looped or not text:
+            item.tokens = []
+            outcomes.append(("", 0.0, ()))
+            continue
+        outcomes.append((text, min(1.0, max(0.0, math.exp(item.avg_logprob))), ()))
+        if final and item.request.words:
+            wants_words.append(item)
+    if wants_words:
+        position = {id(item): n for n, item in enumerate(items)}
+        for item, words in _word_timestamps(model, items, wants_words, encoded, features, tokenizers):
+            text, confidence, _ = outcomes[position[id(item)]]
+            outcomes[position[id(item)]] = (text, confidence, words)
+    return outcomes
+
+
+def _kept_text_tokens(tokens: Sequence[int], tokenizer: Any, audio_seconds: float) -> list[int]:
+    """The text tokens of the segments that are not loops.
+
+    With timestamp tokens (``<|t|> text <|t'|>``) a segment that starts after the audio ended
+    (in the pad) or repeats an earlier segment's text word for word is the short window's
+    typical loop ("And so my fellow Americans." again from 2.0 s, and again from 4.0 s).
+    Without timestamps the whole output is one segment.
+    """
+    begin = tokenizer.timestamp_begin
+    segments: list[tuple[float, list[int]]] = []
+    last_time = 0.0
+    current: list[int] | None = None
+    for token in tokens:
+        if token >= begin:
+            last_time = (token - begin) * 0.02
+            current = None
+        elif token < tokenizer.eot:
+            if current is None:
+                current = []
+                segments.append((last_time, current))
+            current.append(token)
+    kept: list[int] = []
+    seen: set[str] = set()
+    for start, text_tokens in segments:
+        text = " ".join(tokenizer.decode(text_tokens).lower().split())
+        if (start >= audio_seconds and kept) or text in seen:
+            continue
+        seen.add(text)
+        kept.extend(text_tokens)
+    return _cut_loop(kept, tokenizer)
+
+
+def _cut_loop(tokens: list[int], tokenizer: Any) -> list[int]:
+    """Cut a loop inside one segment: the text ends where a sentence repeats an earlier one
+    word for word ("And so my fellow Americans. And so my fellow Americans."), or before the
+    second occurrence of the first LOOP_NGRAM words found LOOP_COUNT times ("I'm going to be
+    in the life I'm going to be in the life ...")."""
+    if not tokens:
+        return tokens
+    words, word_tokens = tokenizer.split_to_word_tokens(tokens)
+    keys = [word.strip().lower().strip(".,!?;:\"'") for word in words]
+    cut = len(words)
+    sentences: set[tuple[str, ...]] = set()
+    sentence_start = 0
+    for i, word in enumerate(words):
+        if word.strip().endswith((".", "?", "!")) or i == len(words) - 1:
+            sentence = tuple(key for key in keys[sentence_start:i + 1] if key)
+            if len(sentence) >= 2 and sentence in sentences:
+                cut = sentence_start
+                break
+            sentences.add(sentence)
+            sentence_start = i + 1
+    occurrences: dict[tuple[str, ...], list[int]] = {}
+    for i in range(cut - LOOP_NGRAM + 1):
+        gram = tuple(keys[i:i + LOOP_NGRAM])
+        if not all(gram):
+            continue
+        seen = occurrences.setdefault(gram, [])
+        seen.append(i)
+        if len(seen) == LOOP_COUNT:
+            cut = seen[1]
+            break
+    return [token for group in word_tokens[:cut] for token in group]
+
+
+def _suppressed_tokens(tokenizer: Any, configured: Sequence[int]) -> tuple[int, ...]:
+    """faster-whisper's get_suppressed_tokens: -1 = the non-speech symbols, plus task tokens."""
+    tokens = [t for t in configured if t >= 0]
+    if -1 in configured:
+        tokens.extend(tokenizer.non_speech_tokens)
+    tokens.extend([tokenizer.transcribe, tokenizer.translate, tokenizer.sot, tokenizer.sot_prev,
+                   tokenizer.sot_lm, tokenizer.no_speech])
+    return tuple(sorted(set(tokens)))
+
+
+def _word_timestamps(model: Any, items: list[_Item], wanted: list[_Item], encoded: Any, features: np.ndarray,
+                     tokenizers: dict[str, Any]) -> list[tuple[_Item, tuple[Word, ...]]]:
+    """Cross-attention alignment (faster-whisper's add_word_timestamps), one call per language,
+    over the audio's own frames only."""
+    found = []
+    for language, tokenizer in tokenizers.items():
+        group = [item for item in wanted if item.language == language]
+        if not group:
+            continue
+        rows = [items.index(item) for item in group]
+        encoder_output = encoded if len(rows) == len(items) else _rows(model, encoded, features, rows)
+        segments = [[{"seek": 0, "start": 0.0, "end": item.frames / FRAMES_PER_SECOND, "tokens": item.tokens}]
+                    for item in group]
+        model.add_word_timestamps(segments, tokenizer, encoder_output, [item.frames for item in group],
+                                  PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS, last_speech_timestamp=0.0)
+        for item, segment in zip(group, segments):
+            duration = item.request.audio.size / SAMPLE_RATE
+            words = []
+            for word in segment[0].get("words", ()):
+                token = word["word"].strip()
+                if not token:
+                    continue
+                start = min(max(float(word["start"]), 0.0), duration)
+                end = min(max(float(word["end"]), start), duration)
+                words.append(Word(token, round(start, 3), round(end, 3),
+                                  min(1.0, max(0.0, float(word["probability"])))))
+            found.append((item, tuple(words)))
+    return found
+
+
+def _rows(model: Any, encoded: Any, features: np.ndarray, rows: list[int]) -> Any:
+    """The encoder output of some members of a batch: sliced on the CPU, re-encoded elsewhere
+    (a device StorageView cannot be indexed from Python)."""
+    import ctranslate2
+
+    if getattr(encoded, "device", "cpu") == "cpu":
+        return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.asarray(encoded)[rows]))
+    return model.encode(np.ascontiguousarray(features[rows]))
+
+
+# --------------------------------------------------------------------------- full window (reference)
+
+
+def decode_full_window(model: Any, request: DecodeRequest, settings: DecodeSettings) -> Decoded:
+    """Blocking: faster-whisper's own ``transcribe()`` over a padded 30 s window.
+
+    The decoding used before the short window: the reference for the regression set, and a
+    fallback. Finals: beam search, temperature fallback, word timestamps when asked;
+    interims: greedy, no timestamps.
+    """
+    began = time.perf_counter()
+    final = request.final
+    segments, info = model.transcribe(
+        request.audio,
+        language=request.language,
+        beam_size=settings.beam_size if final else settings.interim_beam_size,
+        best_of=settings.best_of,
+        word_timestamps=final and request.words,
+        # Each utterance stands alone: feeding back text caused repetitions (REFERENCE.md).
+        condition_on_previous_text=False,
+        # The stream's VAD already chose the utterance; this second pass drops pauses inside it,
+        # where Whisper would otherwise hallucinate.
+        vad_filter=True,
+        vad_parameters={"threshold": settings.vad_threshold},
+        # Interims are thrown away soon: skip the temperature fallback and timestamp tokens.
+        temperature=list(settings.temperatures) if final else settings.temperatures[0],
+        compression_ratio_threshold=settings.compression_ratio_threshold,
+        log_prob_threshold=settings.log_prob_threshold,
+        no_speech_threshold=settings.no_speech_threshold,
+        without_timestamps=not final,
+    )
+    texts: list[str] = []
+    found: list[Word] = []
+    logprob_sum = 0.0
+    tokens = 0
+    for segment in segments:  # a generator: the decoding happens here
+        text = segment.text.strip()
+        if not text:
+            continue
+        texts.append(text)
+        count = max(len(segment.tokens), 1)
+        logprob_sum += segment.avg_logprob * count
+        tokens += count
+        for word in segment.words or ():
+            token = word.word.strip()
+            if token:
+                found.append(Word(token, round(word.start, 3), round(word.end, 3),
+                                  min(1.0, max(0.0, float(word.probability)))))
+    confidence = min(1.0, max(0.0, math.exp(logprob_sum / tokens))) if tokens else 0.0
+    return Decoded(" ".join(texts), confidence, tuple(found), time.perf_counter() - began,
+                   info.language, float(info.language_probability))
