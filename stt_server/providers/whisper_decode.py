@@ -55,6 +55,9 @@ MAX_BATCH = 4
 MAX_TOKENS_PER_SECOND = 12
 MIN_MAX_TOKENS = 24
 WHISPER_MAX_LENGTH = 448
+# Audio quieter than this (RMS, -60 dBFS) is silence: not decoded at all. Whisper answers
+# digital silence with a confident "you" that the no-speech check lets through.
+SILENCE_RMS = 0.001
 # A run of this many words found this many times in one output is a loop (see _cut_loop).
 LOOP_NGRAM = 3
 LOOP_COUNT = 3
@@ -120,8 +123,9 @@ class _Item:
     index: int
     request: DecodeRequest
     frames: int                # mel frames of the audio itself (the rest of the window is pad)
-    language: str = "en"
-    language_probability: float = 1.0
+    # Until decoded: the requested language (None = to detect; an English-only model: "en").
+    language: str | None = None
+    language_probability: float = 0.0
     tokens: list[int] = field(default_factory=list)
     avg_logprob: float = 0.0
     no_speech_prob: float = 0.0
@@ -155,10 +159,18 @@ def decode_batch(model: Any, requests: Sequence[DecodeRequest], settings: Decode
     wall time of the whole call in ``seconds``.
     """
     began = time.perf_counter()
-    items = [_Item(i, request, _content_frames(request.audio)) for i, request in enumerate(requests)]
+    english_only = not model.model.is_multilingual
+    items = [_Item(i, request, _content_frames(request.audio),
+                   "en" if english_only else request.language,
+                   1.0 if english_only or request.language else 0.0)
+             for i, request in enumerate(requests)]
     outcomes: dict[int, tuple[str, float, tuple[Word, ...]]] = {}
+    for item in items:
+        audio = np.asarray(item.request.audio, dtype=np.float32)
+        if not audio.size or float(np.sqrt(np.mean(audio ** 2))) < SILENCE_RMS:
+            outcomes[item.index] = ("", 0.0, ())
     for final in (True, False):
-        group = [item for item in items if item.request.final == final]
+        group = [item for item in items if item.request.final == final and item.index not in outcomes]
         if group:
             for item, outcome in zip(group, _decode_group(model, group, settings, final=final)):
                 outcomes[item.index] = outcome
@@ -195,29 +207,25 @@ def _features(model: Any, items: Sequence[_Item], settings: DecodeSettings) -> n
 
 def _decode_group(model: Any, items: list[_Item], settings: DecodeSettings,
                   *, final: bool) -> list[tuple[str, float, tuple[Word, ...]]]:
-    from faster_whisper.tokenizer import Tokenizer
+    from faster_whisper.tokenizer import Tokenizer  # type: ignore[import-untyped]
 
     features = _features(model, items, settings)
     encoded = model.encode(features)
     whisper = model.model
     multilingual = bool(whisper.is_multilingual)
-    if multilingual and any(item.request.language is None for item in items):
+    if any(item.language is None for item in items):  # only on a multilingual model
         for item, ranking in zip(items, whisper.detect_language(encoded)):
-            if item.request.language is None:
-                token, probability = ranking[0]
+            if item.language is None:
+                token, probability = ranking[0]  # ("<|de|>", 0.93), best first
                 item.language, item.language_probability = token[2:-2], float(probability)
-    for item in items:
-        if item.request.language is not None:
-            # An English-only model has no language token: it always transcribes English.
-            item.language = item.request.language if multilingual else "en"
-            item.language_probability = 1.0
+    languages = [item.language or "en" for item in items]
     tokenizers = {language: Tokenizer(model.hf_tokenizer, multilingual, task="transcribe", language=language)
-                  for language in sorted({item.language for item in items})}
+                  for language in sorted(set(languages))}
     some_tokenizer = next(iter(tokenizers.values()))
     suppress = list(_suppressed_tokens(some_tokenizer, settings.suppress_tokens))
     # Without timestamp tokens an utterance is one segment; words come from the alignment anyway.
     no_timestamps = [] if settings.timestamp_tokens else [some_tokenizer.no_timestamps]
-    prompts = [[*tokenizers[item.language].sot_sequence, *no_timestamps] for item in items]
+    prompts = [[*tokenizers[item.language or "en"].sot_sequence, *no_timestamps] for item in items]
 
     temperatures = settings.temperatures if final else settings.temperatures[:1]
     beam_size = settings.beam_size if final else settings.interim_beam_size
@@ -243,8 +251,8 @@ def _decode_group(model: Any, items: list[_Item], settings: DecodeSettings,
             generated = list(output.sequences_ids[0])
             # faster-whisper's recovery of the mean log-probability (length_penalty 1).
             avg_logprob = float(output.scores[0]) * len(generated) / (len(generated) + 1)
-            tokens = _kept_text_tokens(generated, tokenizers[item.language], item.frames / FRAMES_PER_SECOND)
-            ratio = compression_ratio(tokenizers[item.language].decode(tokens).strip())
+            tokens = _kept_text_tokens(generated, tokenizers[item.language or "en"], item.frames / FRAMES_PER_SECOND)
+            ratio = compression_ratio(tokenizers[item.language or "en"].decode(tokens).strip())
             looped = len(generated) >= item.max_new_tokens or ratio > settings.compression_ratio_threshold
             if step == 0:
                 item.no_speech_prob = float(output.no_speech_prob)
@@ -261,7 +269,7 @@ def _decode_group(model: Any, items: list[_Item], settings: DecodeSettings,
     outcomes: list[tuple[str, float, tuple[Word, ...]]] = []
     wants_words: list[_Item] = []
     for item in items:
-        text = tokenizers[item.language].decode(item.tokens).strip()
+        text = tokenizers[item.language or "en"].decode(item.tokens).strip()
         silence = (item.no_speech_prob > settings.no_speech_threshold
                    and item.avg_logprob < settings.log_prob_threshold)
         if silence or item.looped or not text:
@@ -360,12 +368,12 @@ def _word_timestamps(model: Any, items: list[_Item], wanted: list[_Item], encode
     over the audio's own frames only."""
     found = []
     for language, tokenizer in tokenizers.items():
-        group = [item for item in wanted if item.language == language]
+        group = [item for item in wanted if (item.language or "en") == language]
         if not group:
             continue
         rows = [items.index(item) for item in group]
         encoder_output = encoded if len(rows) == len(items) else _rows(model, encoded, features, rows)
-        segments = [[{"seek": 0, "start": 0.0, "end": item.frames / FRAMES_PER_SECOND, "tokens": item.tokens}]
+        segments: list[list[dict[str, Any]]] = [[{"seek": 0, "start": 0.0, "end": item.frames / FRAMES_PER_SECOND, "tokens": item.tokens}]
                     for item in group]
         model.add_word_timestamps(segments, tokenizer, encoder_output, [item.frames for item in group],
                                   PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS, last_speech_timestamp=0.0)
@@ -387,7 +395,7 @@ def _word_timestamps(model: Any, items: list[_Item], wanted: list[_Item], encode
 def _rows(model: Any, encoded: Any, features: np.ndarray, rows: list[int]) -> Any:
     """The encoder output of some members of a batch: sliced on the CPU, re-encoded elsewhere
     (a device StorageView cannot be indexed from Python)."""
-    import ctranslate2
+    import ctranslate2  # type: ignore[import-untyped]
 
     if getattr(encoded, "device", "cpu") == "cpu":
         return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.asarray(encoded)[rows]))

