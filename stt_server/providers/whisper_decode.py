@@ -213,11 +213,7 @@ def _decode_group(model: Any, items: list[_Item], settings: DecodeSettings,
     encoded = model.encode(features)
     whisper = model.model
     multilingual = bool(whisper.is_multilingual)
-    if any(item.language is None for item in items):  # only on a multilingual model
-        for item, ranking in zip(items, whisper.detect_language(encoded)):
-            if item.language is None:
-                token, probability = ranking[0]  # ("<|de|>", 0.93), best first
-                item.language, item.language_probability = token[2:-2], float(probability)
+    _detect_languages(model, [item for item in items if item.language is None])
     languages = [item.language or "en" for item in items]
     tokenizers = {language: Tokenizer(model.hf_tokenizer, multilingual, task="transcribe", language=language)
                   for language in sorted(set(languages))}
@@ -350,6 +346,27 @@ def _cut_loop(tokens: list[int], tokenizer: Any) -> list[int]:
             cut = seen[1]
             break
     return [token for group in word_tokens[:cut] for token in group]
+
+
+def _detect_languages(model: Any, items: list[_Item]) -> None:
+    """Language identification on the full 30 s window (only for requests without a language,
+    so only on a multilingual model).
+
+    Whisper identifies languages from 30 s windows: on right-sized windows espeak German came
+    out as Latvian (p 0.68) or Vietnamese, while the full window said German like
+    ``transcribe()`` does; so these requests pay one full-window encode, batched. A caller that
+    pins a session's language after its first detection avoids it for later utterances.
+    """
+    if not items:
+        return
+    batch = np.zeros((len(items), model.feature_extractor.mel_filters.shape[0], FULL_WINDOW_FRAMES), dtype=np.float32)
+    for row, item in enumerate(items):
+        # transcribe()'s features: the audio's frames, then zero-valued mel padding.
+        features = model.feature_extractor(np.asarray(item.request.audio, dtype=np.float32))[:, :item.frames]
+        batch[row, :, :features.shape[-1]] = features
+    for item, ranking in zip(items, model.model.detect_language(model.encode(batch))):
+        token, probability = ranking[0]  # ("<|de|>", 0.93), best first
+        item.language, item.language_probability = token[2:-2], float(probability)
 
 
 def _suppressed_tokens(tokenizer: Any, configured: Sequence[int]) -> tuple[int, ...]:
