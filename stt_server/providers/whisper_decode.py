@@ -4,19 +4,21 @@ faster-whisper's ``WhisperModel.transcribe()`` encodes a 30 s window (3000 mel f
 every call, whatever the audio's length; for a 2 s utterance that is most of the cost. Here the
 CTranslate2 model (``model.model``) is called directly:
 
-* **Right-sized window.** The log-mel features of the utterance are followed by
-  ``pad_seconds`` of the same zero padding the 30 s window has (faster-whisper pads the mel
-  features with zeros), so the encoder sees a prefix of what the full window would show it.
-  Cut to exactly the audio, Whisper loops ("... lights. Please turn off the kitchen lights.");
-  the measured pad that keeps the regression set's WER with the full window's is PAD_SECONDS.
+* **Right-sized window.** The encoder sees the utterance followed by PAD_SECONDS of digital
+  silence (added to the audio, as Whisper's training data was padded). Cut to exactly the
+  audio, Whisper loops ("Please turn off the kitchen lights. Please turn off ..."); padded with
+  faster-whisper's zero-valued mel frames it looped at every pad length tried; with silence,
+  2-4 s kept the regression set's WER at or below the full window's (bench/RESULTS.md).
 * **Batching.** Utterances (from any sessions) are encoded and generated in one CTranslate2
-  call, the features padded to the longest member's window; finals and interims are separate
-  calls because they decode with different beam sizes. MAX_BATCH is where batching stopped
-  paying on the 2-core development box (bench/whisper_window.py, bench/RESULTS.md).
-* **Guards against invented text**, as faster-whisper's: temperature fallback when the text is
-  too repetitive (compression ratio) or improbable (average log-probability), no text when the
-  no-speech probability is high and the text improbable, and none when a loop survives the
-  fallback or the generation ran out of tokens for the audio's length.
+  call, each padded with silence to the longest member's window; finals and interims are
+  separate calls (different beams). MAX_BATCH: where batching stopped paying on the 2-core box.
+* **Guards against invented text**, after faster-whisper's: no text when the no-speech
+  probability is high and the text improbable, when the output is a loop (compression ratio,
+  or more tokens than the audio's length allows), and for digital silence; a sentence that
+  repeats an earlier one word for word, and a phrase found three times, are cut off (the short
+  window's typical loops). A temperature fallback is available but off by default.
+* **Language identification** (multilingual models, no language given) runs on a full 30 s
+  window: on short windows Whisper misidentified languages that the full window got right.
 
 ``decode_full_window`` keeps the old ``model.transcribe()`` path: the reference for the
 regression comparison and a fallback.
@@ -24,6 +26,7 @@ regression comparison and a fallback.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import zlib
@@ -43,9 +46,10 @@ SAMPLES_PER_FRAME = SAMPLE_RATE // FRAMES_PER_SECOND
 # faster-whisper's defaults: punctuation merged into the neighbouring word's timing.
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
-# Silence (zero mel frames) after the audio in the short window; see the module docstring.
+# Silence after the audio in the short window (s); see the module docstring.
 PAD_SECONDS = 4.0
-# Windows are rounded up to a multiple of this many frames (the encoder's stride is 2).
+# Windows are rounded up to a multiple of this many frames: the encoder halves the frames
+# (odd widths are accepted too; even keeps the alignment's frame count exact).
 WINDOW_ROUNDING_FRAMES = 2
 # Requests worth decoding in one call on a 2-core CPU (measured, bench/RESULTS.md): beyond it a
 # batch costs as much per utterance as separate calls and only delays the first result.
@@ -102,7 +106,7 @@ class DecodeSettings:
     compression_ratio_threshold: float = 2.4
     log_prob_threshold: float = -1.0
     no_speech_threshold: float = 0.6
-    # Zero mel frames after the audio in the short window (s).
+    # Digital silence after the audio in the short window (s).
     pad_seconds: float = PAD_SECONDS
     # Decode with Whisper's timestamp tokens: segments that start in the pad after the audio,
     # or repeat an earlier segment, are the loops a short window invites, and are dropped.
@@ -207,15 +211,13 @@ def _features(model: Any, items: Sequence[_Item], settings: DecodeSettings) -> n
 
 def _decode_group(model: Any, items: list[_Item], settings: DecodeSettings,
                   *, final: bool) -> list[tuple[str, float, tuple[Word, ...]]]:
-    from faster_whisper.tokenizer import Tokenizer  # type: ignore[import-untyped]
-
     features = _features(model, items, settings)
     encoded = model.encode(features)
     whisper = model.model
     multilingual = bool(whisper.is_multilingual)
     _detect_languages(model, [item for item in items if item.language is None])
     languages = [item.language or "en" for item in items]
-    tokenizers = {language: Tokenizer(model.hf_tokenizer, multilingual, task="transcribe", language=language)
+    tokenizers = {language: _tokenizer(model.hf_tokenizer, multilingual, language)
                   for language in sorted(set(languages))}
     some_tokenizer = next(iter(tokenizers.values()))
     suppress = list(_suppressed_tokens(some_tokenizer, settings.suppress_tokens))
@@ -369,7 +371,16 @@ def _detect_languages(model: Any, items: list[_Item]) -> None:
         item.language, item.language_probability = token[2:-2], float(probability)
 
 
-def _suppressed_tokens(tokenizer: Any, configured: Sequence[int]) -> tuple[int, ...]:
+@functools.lru_cache(maxsize=64)
+def _tokenizer(hf_tokenizer: Any, multilingual: bool, language: str) -> Any:
+    """Cached: a fresh faster-whisper Tokenizer recomputes its non-speech token list (~40 ms)."""
+    from faster_whisper.tokenizer import Tokenizer  # type: ignore[import-untyped]
+
+    return Tokenizer(hf_tokenizer, multilingual, task="transcribe", language=language)
+
+
+@functools.lru_cache(maxsize=64)
+def _suppressed_tokens(tokenizer: Any, configured: tuple[int, ...]) -> tuple[int, ...]:
     """faster-whisper's get_suppressed_tokens: -1 = the non-speech symbols, plus task tokens."""
     tokens = [t for t in configured if t >= 0]
     if -1 in configured:
