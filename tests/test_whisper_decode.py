@@ -188,3 +188,24 @@ def test_multilingual_model_detects_the_language(multilingual_model: object, tmp
     assert wer("Please turn off the kitchen lights.", given.text) <= 0.2, given
     assert detected.language == "en" and detected.language_probability > 0.5
     assert wer("Please turn off the kitchen lights.", detected.text) <= 0.2, detected
+
+
+@pytest.mark.parametrize("output, kept", [
+    ("And so my fellow Americans. And so my fellow Americans. And so my", "And so my fellow Americans."),
+    ("I'm going to see you, I'm going to see you, I'm going to see", "I'm going to see you,"),
+    ("Ask not what your country can do for you, ask what you can do for your country.",
+     "Ask not what your country can do for you, ask what you can do for your country."),
+    ("No. No. Yes, that is right.", "No. No. Yes, that is right."),
+])
+def test_loops_are_cut(model: object, output: str, kept: str) -> None:
+    from stt_server.providers.whisper_decode import _kept_text_tokens, _tokenizer
+
+    tokenizer = _tokenizer(model.hf_tokenizer, False, "en")  # type: ignore[attr-defined]
+    tokens = tokenizer.encode(" " + output)
+    assert tokenizer.decode(_kept_text_tokens(tokens, tokenizer, audio_seconds=5.0)).strip() == kept
+    # With timestamp tokens: a segment that starts in the pad after the audio is dropped.
+    begin = tokenizer.timestamp_begin
+    first, second = tokenizer.encode(" Good morning."), tokenizer.encode(" Thank you.")
+    timed = [begin, *first, begin + 50, begin + 150, *second, begin + 200]
+    assert tokenizer.decode(_kept_text_tokens(timed, tokenizer, audio_seconds=2.5)).strip() == "Good morning."
+    assert tokenizer.decode(_kept_text_tokens(timed, tokenizer, audio_seconds=3.5)).strip() == "Good morning. Thank you."

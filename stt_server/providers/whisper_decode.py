@@ -249,9 +249,13 @@ def _decode_group(model: Any, items: list[_Item], settings: DecodeSettings,
             generated = list(output.sequences_ids[0])
             # faster-whisper's recovery of the mean log-probability (length_penalty 1).
             avg_logprob = float(output.scores[0]) * len(generated) / (len(generated) + 1)
-            tokens = _kept_text_tokens(generated, tokenizers[item.language or "en"], item.frames / FRAMES_PER_SECOND)
-            ratio = compression_ratio(tokenizers[item.language or "en"].decode(tokens).strip())
-            looped = len(generated) >= item.max_new_tokens or ratio > settings.compression_ratio_threshold
+            tokenizer = tokenizers[item.language or "en"]
+            tokens = _kept_text_tokens(generated, tokenizer, item.frames / FRAMES_PER_SECOND)
+            ratio = compression_ratio(tokenizer.decode(tokens).strip())
+            # Out of tokens for the audio's length is a loop, unless the loop was cut off.
+            uncut = len(tokens) == sum(token < tokenizer.eot for token in generated)
+            looped = ratio > settings.compression_ratio_threshold or (
+                uncut and len(generated) >= item.max_new_tokens)
             if step == 0:
                 item.no_speech_prob = float(output.no_speech_prob)
             # Keep the first result, or a later one that is not a loop and is more probable
