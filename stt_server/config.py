@@ -55,7 +55,8 @@ class ServerConfig:
     default_provider: str = "whisper"
     # Largest websocket message accepted, in bytes (binary audio frame or JSON text frame).
     max_message_bytes: int = 4 * 1024 * 1024
-    # Longest wait for an engine's last finals once a stream has ended.
+    # Deprecated and ignored: finishing a stream no longer has a deadline that drops audio
+    # (limits.engine_call_timeout_seconds bounds each engine call instead). Kept so old configs load.
     flush_timeout_seconds: float = 60.0
     # Graceful shutdown (SIGTERM/SIGINT): how long open sessions get to finish the audio they
     # have sent before they are cut and the process exits. Keep systemd's TimeoutStopSec above it.
@@ -94,8 +95,21 @@ class LimitsConfig:
     # Browser Origin values allowed to open sessions (exact match, e.g. "https://app.example.com");
     # empty = any. Requests without an Origin header (non-browser clients) are always allowed.
     allowed_origins: tuple[str, ...] = ()
+    # Audio a session may have received and not yet had transcribed; above it the server stops
+    # reading that socket until the engine catches up (TCP slows the sender) (0 = no limit).
+    max_backlog_seconds: float = 30.0
+    # One engine call running longer fails only the session(s) it belongs to (Error + 1011)
+    # and its worker is replaced (0 = no timeout).
+    engine_call_timeout_seconds: float = 60.0
+    # New sessions get 503 + Retry-After while an engine needs longer than this to clear the
+    # finals queued (0 = never refuse for engine load).
+    max_engine_wait_seconds: float = 10.0
 
     def __post_init__(self) -> None:
+        _check(self.max_backlog_seconds >= 0, "limits.max_backlog_seconds", "must be 0 (no limit) or positive")
+        _check(self.engine_call_timeout_seconds >= 0, "limits.engine_call_timeout_seconds",
+               "must be 0 (no timeout) or positive")
+        _check(self.max_engine_wait_seconds >= 0, "limits.max_engine_wait_seconds", "must be 0 (never) or positive")
         _check(self.max_sessions >= 0, "limits.max_sessions", "must be 0 (no limit) or positive")
         _check(self.max_sessions_per_token >= 0, "limits.max_sessions_per_token", "must be 0 (no limit) or positive")
         _check(self.max_base64_message_bytes >= 1024, "limits.max_base64_message_bytes", "must be at least 1024")

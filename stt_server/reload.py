@@ -18,7 +18,7 @@ from .config import Config
 RESTART_ONLY = (
     "server.host", "server.port", "server.default_provider", "server.max_message_bytes",
     "limits.handshake_timeout_seconds", "limits.ping_interval_seconds", "limits.ping_timeout_seconds",
-    "limits.close_timeout_seconds",
+    "limits.close_timeout_seconds", "limits.engine_call_timeout_seconds",
     "tokens", "logging.format", "tls", "journal", "providers",
 )
 _IGNORED = ("source",)

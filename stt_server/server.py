@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import http
+import math
 import json
 import ssl
 from collections import Counter
@@ -47,6 +48,8 @@ from .tokens import TokenStore
 
 # Seconds a refused client is asked to wait before retrying (503 over capacity or draining).
 RETRY_AFTER_SECONDS = 5
+# Frames read ahead of a session (websockets' max_queue); see backpressure in session_runner.
+READ_AHEAD_FRAMES = 4
 # Part of the drain timeout kept for closing connections and stopping engines.
 DRAIN_STOP_MARGIN = 2.0
 
@@ -72,7 +75,8 @@ def file_response(page: web.StaticFile) -> Response:
 
 
 def error_response(error: SttServerError) -> Response:
-    extra = {"Retry-After": str(RETRY_AFTER_SECONDS)} if error.http_status == 503 else None
+    retry_after = (error.retry_after if isinstance(error, CapacityError) else None) or RETRY_AFTER_SECONDS
+    extra = {"Retry-After": str(retry_after)} if error.http_status == 503 else None
     return json_response(http.HTTPStatus(error.http_status), error_body(error), extra)
 
 
@@ -108,6 +112,7 @@ class SttServer:
         self._contexts: dict[ServerConnection, SessionContext] = {}
         self._sessions_by_token: Counter[str] = Counter()
         self._runners: dict[ServerConnection, tuple[SessionRunner, asyncio.Task[Any]]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -118,6 +123,7 @@ class SttServer:
             if not entry.enabled or entry.name in self.providers:
                 continue
             provider = provider_registry.create(entry, specs, self.config.source)
+            self._observe_provider(entry.name, provider)
             try:
                 await provider.start()
             except ProviderError:
@@ -125,11 +131,18 @@ class SttServer:
             except Exception as exc:
                 raise ProviderError(f"provider {entry.name!r} failed to start: {type(exc).__name__}: {exc}",
                                     code="provider_unavailable") from exc
-            provider.inference_observer = self.metrics.inference_observer(entry.name)
             self.providers[entry.name] = provider
             self.log.info("provider ready", provider=entry.name, **dict(provider.describe()))
 
+    def _observe_provider(self, name: str, provider: Provider) -> None:
+        provider.call_timeout = self.config.limits.engine_call_timeout_seconds
+        provider.inference_observer = self.metrics.inference_observer(name)
+        provider.batch_observer = self.metrics.batch_observer(name)
+        self.metrics.watch_scheduler(name, provider.scheduler_stats)
+
     async def start(self) -> None:
+        for name, provider in self.providers.items():  # given ready-made (tests)
+            self._observe_provider(name, provider)
         self.tokens.refresh()
         self._log_token_problems()
         self._ssl = tls_context(self.config)  # before the engines: a bad path fails fast
@@ -161,6 +174,9 @@ class SttServer:
             close_timeout=limits.close_timeout_seconds,
             # Limits.
             max_size=server_config.max_message_bytes,
+            # Frames websockets reads ahead of the session: small, so that when a session stops
+            # reading (backpressure) TCP pushes back on the sender at once.
+            max_queue=READ_AHEAD_FRAMES,
         )
         self.log.info("listening", url=self.url, providers=sorted(self.providers),
                       journal=str(self.journal.path) if self.journal else None)
@@ -178,7 +194,7 @@ class SttServer:
 
     async def stop(self) -> None:
         """Stop now: close open sessions with 1001 without a Draining notice (what they received is
-        still transcribed for the journal, within flush_timeout), release engines."""
+        still transcribed for the journal), release engines."""
         if self._server is not None:
             self._server.close(code=1001, reason=DRAIN_REASON)
             await self._server.wait_closed()
@@ -281,6 +297,8 @@ class SttServer:
                     if not provider.is_ready()]
         missing = set(self.config.enabled_providers()) - set(self.providers)
         problems += [f"provider {name!r} is not loaded" for name in sorted(missing)]
+        problems += [f"provider {name!r} is behind: {wait:.1f} s of queued audio to transcribe"
+                     for name, wait in self._engines_behind()]
         if self.draining:
             problems.append("draining for shutdown")
         if problems:
@@ -324,8 +342,23 @@ class SttServer:
                                   language=self.config.session.language, allowed=allowed)
         return json_response(http.HTTPStatus.OK, body, {"Cache-Control": "no-store"})
 
+    def _engines_behind(self) -> list[tuple[str, float]]:
+        """Engines that need longer than limits.max_engine_wait_seconds to clear their queue."""
+        limit = self.config.limits.max_engine_wait_seconds
+        behind = []
+        for name, provider in sorted(self.providers.items()):
+            stats = provider.scheduler_stats()
+            if limit and stats is not None and stats.estimated_wait > limit:
+                behind.append((name, stats.estimated_wait))
+        return behind
+
     def _check_capacity(self, context: SessionContext) -> None:
         limits = self.config.limits
+        for name, wait in self._engines_behind():
+            if name == context.params.provider:
+                raise CapacityError(f"the {name} engine is behind ({wait:.0f} s of queued audio to "
+                                    "transcribe); retry later", code="engine_busy",
+                                    retry_after=math.ceil(wait))
         if limits.max_sessions and len(self._contexts) >= limits.max_sessions:
             raise CapacityError(f"the server already has {limits.max_sessions} open sessions",
                                 code="server_session_limit")
@@ -355,9 +388,13 @@ class SttServer:
             await connection.close(1011, "no session context")
             return
         try:
+            # The session's slot is free once its client is gone, even while the engine still
+            # finishes its audio: that work is the engine's load, which admission watches.
+            releaser = asyncio.create_task(self._release_when_closed(connection))
+            self._background.add(releaser)
+            releaser.add_done_callback(self._background.discard)
             runner = SessionRunner(connection, context, protocol_for(context.params),
                                    self.providers[context.params.provider], logger=self.log,
-                                   flush_timeout=self.config.server.flush_timeout_seconds,
                                    on_result=self._on_result if self.journal is not None else None,
                                    limits=self.config.limits,
                                    metrics=self.metrics.session(context.params.provider))
@@ -376,6 +413,10 @@ class SttServer:
         finally:
             self._runners.pop(connection, None)
             self._release(connection)
+
+    async def _release_when_closed(self, connection: ServerConnection) -> None:
+        await connection.wait_closed()
+        self._release(connection)
 
     async def _on_result(self, context: SessionContext, result: Result) -> None:
         """Journal each final before it is sent: on disk even if the client is gone."""

@@ -6,6 +6,12 @@ audio received is still decoded and transcribed and its finals sent (if anyone i
 before the session ends: nothing received is lost. The same holds when the server stops
 reading: on a graceful drain (close 1001), an idle timeout (1011) or the session's maximum
 duration (1008), the audio received so far is transcribed and its finals sent before the close.
+
+Backpressure: while the engine holds more than ``limits.max_backlog_seconds`` of this session's
+audio untranscribed, the reader stops reading, so TCP slows the sender down and memory stays
+bounded whatever a client sends. There is no deadline on finishing: the engine scheduler bounds
+each engine call instead, and audio that cannot be transcribed (a hung call, the drain deadline)
+is reported to the client in an Error with its length, and the close is never 1000.
 """
 
 from __future__ import annotations
@@ -40,8 +46,6 @@ CLOSE_INTERNAL = 1011  # engine failure; idle timeout, as Deepgram does
 
 DRAIN_REASON = "server shutting down"
 DEFAULT_LIMITS = LimitsConfig()
-# Once draining, frames already on their way are still read until none comes for this long.
-DRAIN_READ_GRACE = 0.1
 
 
 class _Stop(enum.Enum):
@@ -61,11 +65,15 @@ class SessionStats:
     results_out: int = 0
     finals_out: int = 0
     errors_out: int = 0
+    # Time the reader spent held back by backpressure, and audio that was never transcribed.
+    held_seconds: float = 0.0
+    untranscribed_seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         return {"duration_s": round(time.monotonic() - self.started, 3), "audio_s": round(self.audio_seconds, 3),
                 "frames_in": self.frames_in, "bytes_in": self.bytes_in, "results": self.results_out,
-                "finals": self.finals_out, "errors": self.errors_out}
+                "finals": self.finals_out, "errors": self.errors_out, "held_s": round(self.held_seconds, 3),
+                "untranscribed_s": round(self.untranscribed_seconds, 3)}
 
 
 class SessionRunner:
@@ -77,7 +85,6 @@ class SessionRunner:
         provider: Provider,
         *,
         logger: Any,
-        flush_timeout: float,
         on_result: Callable[[SessionContext, Result], Awaitable[None]] | None = None,
         limits: LimitsConfig = DEFAULT_LIMITS,
         metrics: SessionMetrics | None = None,
@@ -87,7 +94,6 @@ class SessionRunner:
         self.protocol = protocol
         self.provider = provider
         self.log = logger.bind(**context.log_fields())
-        self.flush_timeout = flush_timeout
         self.on_result = on_result
         self.limits = limits
         # A server passes its own; alone (in a unit test, say) a runner counts into a private registry.
@@ -158,7 +164,7 @@ class SessionRunner:
         finally:
             self._decoder.close()
             if cut:
-                await stream.abort()
+                await self._cut(stream)
                 sender.cancel()
             else:
                 await self._finish_stream(stream, sender)
@@ -197,6 +203,7 @@ class SessionRunner:
                         self.metrics.audio(len(event.data))
                         if not await self._decode_and_feed(stream, event.data, arrived):
                             break
+                        await self._hold_while_engine_behind(stream)
                     elif isinstance(event, Finalize):
                         await stream.finalize()
                     elif isinstance(event, CloseStream):
@@ -231,18 +238,27 @@ class SessionRunner:
                 broken.close()
             return False
 
+    async def _hold_while_engine_behind(self, stream: TranscriptionStream) -> None:
+        """Backpressure: stop reading while the engine is too far behind on this session."""
+        limit = self.limits.max_backlog_seconds
+        if not limit or stream.backlog_seconds() <= limit:
+            return
+        waited = await stream.wait_for_room(limit)
+        self.stats.held_seconds += waited
+        self.metrics.held(waited)
+        # Time spent waiting for the engine is not the client's idleness.
+        self._last_activity = time.monotonic()
+
     async def _next_frame(self) -> str | bytes | _Stop:
         """The next client frame, or why reading stops now (drain, idle, maximum duration)."""
         if self._draining.is_set():
+            # Read nothing more: the drain must end in time, and what was read is transcribed.
             if not self._told_draining:
                 self._told_draining = True
                 self.log.info("draining: transcribing the audio received")
                 await self._send(self.protocol.draining(
                     "server shutting down: transcribing the audio received, then closing with 1001"))
-            try:  # frames already on their way count as received
-                return await asyncio.wait_for(self.connection.recv(), DRAIN_READ_GRACE)
-            except TimeoutError:
-                return _Stop.DRAIN
+            return _Stop.DRAIN
         timeout, why = self._next_deadline()
         if timeout is not None and timeout <= 0:
             return why
@@ -296,22 +312,41 @@ class SessionRunner:
         await stream.send_audio(audio)
 
     async def _finish_stream(self, stream: TranscriptionStream, sender: asyncio.Task[None]) -> None:
-        """End the stream and wait (bounded) for its last finals to be sent."""
+        """End the stream and wait for its last finals to be sent.
+
+        No deadline here: every engine call is bounded by the scheduler's call timeout, and a
+        stream that fails ends its results with the error, which the sender reports."""
         try:
-            await asyncio.wait_for(stream.close(), self.flush_timeout)
-            await asyncio.wait_for(asyncio.shield(sender), self.flush_timeout)
+            await stream.close()
+            await asyncio.shield(sender)
         except asyncio.CancelledError:  # the session is being cut (drain deadline): stop now
-            await stream.abort()
+            await self._cut(stream)
             sender.cancel()
             raise
-        except (TimeoutError, ProviderError) as exc:
-            self.log.warning("engine did not finish in time; dropping its last results",
-                             error=type(exc).__name__)
-            await stream.abort()
-            sender.cancel()
+        except ProviderError:
+            await asyncio.shield(sender)  # the same failure reaches the client through results()
         except Exception:
             self.log.exception("engine failed while finishing")
+            self._lose(stream, "the engine failed")
             sender.cancel()
+
+    async def _cut(self, stream: TranscriptionStream) -> None:
+        """Cut at the drain deadline: tell the client what was not transcribed, then abort."""
+        lost = self._lose(stream, "the server's drain deadline passed")
+        await stream.abort()
+        if lost > 0:
+            await self._report(ProviderError(
+                f"server shutting down: {lost:.1f} s of the audio received were not transcribed "
+                "before the drain deadline", code="untranscribed_audio"))
+
+    def _lose(self, stream: TranscriptionStream, why: str) -> float:
+        """Account for audio that will not be transcribed: the log, the metrics, the summary."""
+        seconds = stream.untranscribed_seconds()
+        if seconds > 0:
+            self.stats.untranscribed_seconds += seconds
+            self.metrics.untranscribed(seconds)
+            self.log.warning("audio not transcribed", seconds=round(seconds, 3), reason=why)
+        return seconds
 
     async def _send_results(self, stream: TranscriptionStream) -> None:
         interim = self.context.params.interim_results
@@ -332,6 +367,10 @@ class SessionRunner:
             else:
                 self.log.exception("engine crashed")
                 error = ProviderError(f"engine failed: {type(exc).__name__}", code="provider_crashed")
+            lost = self._lose(stream, error.code)
+            if lost > 0:
+                error = type(error)(f"{error.message}; {lost:.1f} s of the audio received were not "
+                                    "transcribed", code=error.code)
             await self._report(error)
             self._request_close(error.close_code, error.code)
             # Stop the reader: it is waiting for frames that no longer matter.

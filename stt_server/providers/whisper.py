@@ -20,9 +20,9 @@ One model serves every session; all model calls go through the provider's bounde
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +38,7 @@ from ..errors import ProviderError, RequestError
 from ..results import Result, Word
 from ..session import SessionParams
 from .base import Provider, TranscriptionStream
+from .scheduler import EngineScheduler, Lane, Priority, SchedulerStats, Superseded
 
 SAMPLE_RATE = 16_000
 # Silero VAD consumes 512-sample windows (32 ms) with the previous window's last 64 samples.
@@ -263,6 +264,16 @@ def whisper_language(tag: str, supported: Sequence[str], multilingual: bool) -> 
 
 
 @dataclass(frozen=True)
+class DecodeRequest:
+    """One utterance for the engine: float32 mono 16 kHz audio, at most 30 s."""
+
+    audio: np.ndarray
+    language: str | None  # Whisper's code; None = detect (multilingual models)
+    final: bool  # finals: beam search and word timings; interims: greedy, cheapest
+    words: bool
+
+
+@dataclass(frozen=True)
 class Decoded:
     """One Whisper pass over an utterance; times relative to the audio passed in."""
 
@@ -392,6 +403,12 @@ class WhisperStream(TranscriptionStream):
         )
         self._audio = AudioBuffer()
         self._odd_byte = b""
+        # This session's queue in the engine's scheduler: fair share, finals before interims.
+        self._lane = provider.scheduler_lane()
+        # Seconds of audio in utterances cut but whose finals are not emitted yet: the backlog.
+        self._pending_seconds = 0.0
+        # Set when the stream failed: what was lost then (reported to the client and the log).
+        self._lost_seconds: float | None = None
         # send_audio/finalize/close run one at a time so VAD state and cuts stay in order.
         self._lock = asyncio.Lock()
         # Finals decode concurrently but are emitted in order: each waits for the one before.
@@ -426,7 +443,7 @@ class WhisperStream(TranscriptionStream):
             try:
                 probs = await self._provider.run_vad(self._vad.process, samples)
             except Exception as exc:  # noqa: BLE001 - any engine failure ends this stream, never the loop
-                self._fail(f"voice activity detection failed: {exc}")
+                self._fail(ProviderError(f"voice activity detection failed: {exc}"))
                 return
             for cut in self._segmenter.push(window_start, probs.tolist()):
                 self._commit(cut)
@@ -460,13 +477,25 @@ class WhisperStream(TranscriptionStream):
             self._interim.cancel()
         if not self._done:
             self._done = True
+            self._lane.close()
             self.end_results()
 
     async def abort(self) -> None:
         self._done = True
         for task in list(self._tasks):
             task.cancel()
+        self._lane.close()
         self.end_results()
+
+    def backlog_seconds(self) -> float:
+        return self._pending_seconds
+
+    def untranscribed_seconds(self) -> float:
+        if self._lost_seconds is not None:
+            return self._lost_seconds
+        start = self._segmenter.start
+        open_utterance = (self._audio.end - start) / SAMPLE_RATE if start is not None else 0.0
+        return self._pending_seconds + open_utterance
 
     # -- internals
 
@@ -477,26 +506,36 @@ class WhisperStream(TranscriptionStream):
         if cut.voiced < self._min_voiced or cut.end <= cut.start:
             return
         audio = self._audio.float32(cut.start, cut.end)
+        # Counted now, not when the task first runs: backpressure must see it at once.
+        self._pending_seconds += (cut.end - cut.start) / SAMPLE_RATE
         task = asyncio.get_running_loop().create_task(self._final(cut, audio, self._last_final))
         self._last_final = task
         self._track(task)
 
     async def _final(self, cut: Cut, audio: np.ndarray, previous: asyncio.Task[None] | None) -> None:
+        seconds = (cut.end - cut.start) / SAMPLE_RATE
         try:
-            decoded = await self._provider.run_model(self._decode, audio, True)
-            self._provider.record_inference(decoded.seconds)
-        except Exception as exc:  # noqa: BLE001 - reported to the client through fail()
-            self._fail(f"whisper failed on an utterance: {exc}")
-            return
+            try:
+                decoded = await self._lane.run(self._request(audio, final=True), priority=Priority.FINAL,
+                                               weight=seconds)
+            except ProviderError as error:  # a hung call (engine_timeout), a stopped engine
+                self._fail(error)
+                return
+            except Exception as exc:  # noqa: BLE001 - reported to the client through fail()
+                self._fail(ProviderError(f"whisper failed on an utterance: {exc}"))
+                return
+            finally:
+                if previous is not None:
+                    await asyncio.wait([previous])  # order, whatever happened to it
+            if self._done:
+                return
+            result = make_result(decoded, start=cut.start / SAMPLE_RATE, end=cut.end / SAMPLE_RATE,
+                                 is_final=True, speech_final=cut.speech_final, punctuate=self._session.punctuate)
+            if result is not None:
+                self.emit(result)
         finally:
-            if previous is not None:
-                await asyncio.wait([previous])  # order, whatever happened to it
-        if self._done:
-            return
-        result = make_result(decoded, start=cut.start / SAMPLE_RATE, end=cut.end / SAMPLE_RATE,
-                             is_final=True, speech_final=cut.speech_final, punctuate=self._session.punctuate)
-        if result is not None:
-            self.emit(result)
+            self._pending_seconds -= seconds
+            self.backlog_shrank()
 
     def _maybe_interim(self) -> None:
         """Re-decode the utterance so far, when that cannot hurt.
@@ -518,7 +557,7 @@ class WhisperStream(TranscriptionStream):
         end = self._audio.end
         if now - self._interim_started < interval or end <= self._interim_upto:
             return
-        if not self._provider.has_idle_worker():
+        if not self._provider.scheduler.has_idle_worker():
             return
         self._interim_started = now
         self._interim_upto = end
@@ -530,10 +569,14 @@ class WhisperStream(TranscriptionStream):
 
     async def _run_interim(self, utterance: int, start: int, end: int, audio: np.ndarray) -> None:
         try:
-            decoded = await self._provider.run_model(self._decode, audio, False)
-            self._provider.record_inference(decoded.seconds)
+            decoded = await self._lane.run(self._request(audio, final=False), priority=Priority.INTERIM)
+        except Superseded:  # a newer interim of this stream took its place in the queue
+            return
+        except ProviderError as error:
+            self._fail(error)
+            return
         except Exception as exc:  # noqa: BLE001 - reported to the client through fail()
-            self._fail(f"whisper failed on an interim: {exc}")
+            self._fail(ProviderError(f"whisper failed on an interim: {exc}"))
             return
         # The utterance may have been cut (and its final queued) while this ran.
         if self._done or utterance != self._utterance:
@@ -543,29 +586,27 @@ class WhisperStream(TranscriptionStream):
         if result is not None:
             self.emit(result)
 
-    def _decode(self, audio: np.ndarray, final: bool) -> Decoded:
-        options = self._provider.options
-        return transcribe(self._provider.model, audio, language=self._language,
-                          beam_size=options.beam_size if final else 1,
-                          words=final and self._session.words, final=final,
-                          vad_threshold=options.vad_threshold)
+    def _request(self, audio: np.ndarray, *, final: bool) -> DecodeRequest:
+        return DecodeRequest(audio, self._language, final=final, words=final and self._session.words)
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, error: ProviderError) -> None:
         if self._done:
             return
+        self._lost_seconds = self.untranscribed_seconds()
         self._done = True
         for task in list(self._tasks):
             if task is not asyncio.current_task():
                 task.cancel()
-        self.fail(ProviderError(message))
+        self._lane.close()
+        self.fail(error)
 
 
 class WhisperProvider(Provider):
-    """faster-whisper on CTranslate2; one model and one bounded worker pool for all sessions."""
+    """faster-whisper on CTranslate2; one model and one engine scheduler for all sessions."""
 
     name = "whisper"
     Options = WhisperOptions
@@ -577,27 +618,24 @@ class WhisperProvider(Provider):
         self.model: Any = None
         self.vad_session: Any = None
         self.model_path = ""
-        self._pool: ThreadPoolExecutor | None = None
-        # VAD is ~1 ms a chunk: its own thread, so endpointing never waits behind a 0.5 s decode.
+        self.scheduler: EngineScheduler[DecodeRequest, Decoded] = EngineScheduler(
+            "whisper", self._decode_batch, workers=options.workers, max_batch=1,
+            call_timeout=self.call_timeout, on_batch=self._batch_done)
+        # VAD is ~1 ms a chunk: its own thread, so endpointing never waits behind a decode.
         self._vad_pool: ThreadPoolExecutor | None = None
-        # Jobs submitted and not finished, across all streams; updated from worker threads.
-        self._busy = 0
-        self._load_lock = threading.Lock()
-        # Recent wall time of one decode (queueing included): paces interims to the real load.
+        self._lanes = itertools.count(1)
+        # Recent wall time of one decode: paces interims to the real load.
         self.decode_estimate = 0.5
         self._supported: Sequence[str] = ("en",)
         self._multilingual = False
 
     async def start(self) -> None:
         path = self._resolve_model_path()
-        options = self.options
-        loop = asyncio.get_running_loop()
-        self._pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="whisper")
         self._vad_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper-vad")
         try:
-            self.model, self.vad_session = await loop.run_in_executor(self._pool, self._load, path)
+            self.model, self.vad_session = await asyncio.to_thread(self._load, path)
             # Warm up, so the first session does not pay for lazy initialisation.
-            warm_up_seconds = await loop.run_in_executor(self._pool, self._warm_up)
+            warm_up_seconds = await asyncio.to_thread(self._warm_up)
         except ProviderError:
             await self.stop()
             raise
@@ -608,16 +646,18 @@ class WhisperProvider(Provider):
         self.model_path = path
         self._multilingual = bool(self.model.model.is_multilingual)
         self._supported = tuple(self.model.supported_languages)
+        self.scheduler.call_timeout = self.call_timeout
+        self.scheduler.start()
 
     async def stop(self) -> None:
-        for pool in (self._pool, self._vad_pool):
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = self._vad_pool = None
+        self.scheduler.stop()
+        if self._vad_pool is not None:
+            self._vad_pool.shutdown(wait=False, cancel_futures=True)
+        self._vad_pool = None
         self.model = None
 
     def is_ready(self) -> bool:
-        return self.model is not None and self._pool is not None
+        return self.model is not None and self._vad_pool is not None
 
     def describe(self) -> Mapping[str, Any]:
         options = self.options
@@ -642,45 +682,35 @@ class WhisperProvider(Provider):
         language = whisper_language(session.language, self._supported, self._multilingual)
         return WhisperStream(self, session, language)
 
+    def scheduler_stats(self) -> SchedulerStats | None:
+        return self.scheduler.stats()
+
     # -- for streams
 
-    def has_idle_worker(self) -> bool:
-        return self._busy < self.options.workers
-
-    async def run_model(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking model call in the bounded pool, tracking load for interim pacing.
-
-        The busy count drops when the *thread* is done, not when the awaiting task is
-        cancelled: a cancelled decode still occupies its worker until it finishes.
-        """
-        if self._pool is None:
-            raise ProviderError("whisper provider is stopped")
-        began = time.monotonic()
-        with self._load_lock:
-            self._busy += 1
-        job = self._pool.submit(fn, *args)
-        job.add_done_callback(lambda done: self._job_done(began, ran=not done.cancelled()))
-        try:
-            return await asyncio.wrap_future(job)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if job.cancelled() and task is not None and not task.cancelling():
-                # stop() dropped the queued job; the stream must fail, not lose the utterance.
-                raise ProviderError("whisper provider stopped before the audio was transcribed") from None
-            raise
-
-    def _job_done(self, began: float, *, ran: bool) -> None:
-        """Runs in the worker thread (or wherever the job was cancelled)."""
-        elapsed = time.monotonic() - began
-        with self._load_lock:
-            self._busy -= 1
-            if ran:  # a job cancelled in the queue says nothing about decode time
-                self.decode_estimate += DECODE_EMA_WEIGHT * (elapsed - self.decode_estimate)
+    def scheduler_lane(self) -> Lane:
+        return self.scheduler.lane(f"whisper-{next(self._lanes)}")
 
     async def run_vad(self, fn: Callable[..., T], *args: Any) -> T:
         if self._vad_pool is None:
             raise ProviderError("whisper provider is stopped")
         return await asyncio.get_running_loop().run_in_executor(self._vad_pool, fn, *args)
+
+    # -- blocking: the scheduler's worker threads
+
+    def _decode_batch(self, requests: Sequence[DecodeRequest]) -> list[Decoded]:
+        model = self.model
+        if model is None:
+            raise ProviderError("whisper provider is stopped")
+        options = self.options
+        return [transcribe(model, request.audio, language=request.language,
+                           beam_size=options.beam_size if request.final else 1,
+                           words=request.words, final=request.final, vad_threshold=options.vad_threshold)
+                for request in requests]
+
+    def _batch_done(self, size: int, seconds: float, waits: Sequence[float]) -> None:
+        """Worker thread: pace interims by the recent decode time; feed the metrics."""
+        self.decode_estimate += DECODE_EMA_WEIGHT * (seconds - self.decode_estimate)
+        self.record_batch(size, seconds, waits)
 
     # -- blocking helpers (worker threads)
 
