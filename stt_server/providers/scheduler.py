@@ -368,8 +368,7 @@ class EngineScheduler(Generic[P, R]):
                 self._spawn_locked()
         for job in batch:
             _settle(job.future, error=EngineTimeout(
-                f"{self.name}: an engine call took longer than {self.call_timeout:g} s; "
-                "this session's audio from that point was not transcribed"))
+                f"{self.name}: an engine call took longer than {self.call_timeout:g} s"))
 
     def _dequeued_locked(self, job: _Job[P], queued: bool = True) -> None:
         if queued:
