@@ -17,7 +17,6 @@ is reported to the client in an Error with its length, and the close is never 10
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -36,24 +35,11 @@ from .metrics import AudioClock, Metrics, SessionMetrics
 from .protocols import AudioIn, CloseStream, Finalize, KeepAlive, WireProtocol
 from .providers import Provider, TranscriptionStream
 from .results import Result
+from .session_state import DRAIN_REASON, SessionState, Stop
 
-# Close codes (RFC 6455 and the registry): documented in the README's protocol section.
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001  # the server is draining for shutdown
-CLOSE_POLICY = 1008  # bad audio, as Deepgram does; the session's maximum duration
-CLOSE_TOO_BIG = 1009  # a text frame over limits.max_base64_message_bytes
-CLOSE_INTERNAL = 1011  # engine failure; idle timeout, as Deepgram does
+__all__ = ["DRAIN_REASON", "SessionRunner", "SessionStats"]
 
-DRAIN_REASON = "server shutting down"
 DEFAULT_LIMITS = LimitsConfig()
-
-
-class _Stop(enum.Enum):
-    """Why the reader stopped reading without the client closing or going away."""
-
-    DRAIN = "drain"
-    IDLE = "idle"
-    MAX_DURATION = "max_duration"
 
 
 @dataclass
@@ -100,19 +86,15 @@ class SessionRunner:
         self.metrics = metrics or Metrics().session(context.params.provider)
         self.stats = SessionStats()
         self.stream_format: AudioFormat = provider.input_format(context.params.audio)
-        self._close: tuple[int, str] | None = None  # first reason to close wins
+        # Every decision about how the session ends lives in the pure state machine.
+        self.state = SessionState(limits, self.stats.started)
         self._decoder: AudioDecoder = PassthroughDecoder()  # replaced in _run()
-        self._draining = asyncio.Event()
-        self._told_draining = False
+        self._draining = asyncio.Event()  # wakes a reader blocked in recv()
         self._clock = AudioClock()
-        self._last_activity = self.stats.started  # last audio or KeepAlive, for the idle timeout
-
-    def _request_close(self, code: int, reason: str) -> None:
-        if self._close is None:
-            self._close = (code, reason)
 
     def drain(self) -> None:
-        """Graceful shutdown: stop reading soon, transcribe what came, send finals, close 1001."""
+        """Graceful shutdown: stop reading, transcribe what came, send finals, close 1001."""
+        self.state.drain()
         self._draining.set()
 
     async def run(self) -> None:
@@ -120,7 +102,7 @@ class SessionRunner:
         try:
             await self._run()
         finally:
-            self.metrics.closed(self.connection.close_code or (self._close or (CLOSE_GOING_AWAY, ""))[0])
+            self.metrics.closed(self.connection.close_code or self.state.final_close().code)
 
     async def _run(self) -> None:
         params = self.context.params
@@ -154,10 +136,10 @@ class SessionRunner:
             if audio_error is not None:
                 self.log.info("bad audio", code=audio_error.code, reason=audio_error.message)
                 self.metrics.decode_error()
-                self._request_close(audio_error.close_code, audio_error.code)
+                self.state.bad_audio(audio_error, fatal=True)
         except ProviderError as error:
             await self._report(error)
-            self._request_close(error.close_code, error.code)
+            self.state.engine_failed(error)
         except asyncio.CancelledError:  # cut at the drain deadline: drop what is left
             cut = True
             raise
@@ -170,10 +152,10 @@ class SessionRunner:
                 await self._finish_stream(stream, sender)
         if audio_error is not None:
             await self._report(audio_error)
-        code, reason = self._close or (CLOSE_NORMAL, "")
+        close = self.state.final_close()
         if not client_gone:
-            await self.connection.close(code, reason)
-        self.log.info("session closed", close_code=self.connection.close_code or code, reason=reason,
+            await self.connection.close(close.code, close.reason)
+        self.log.info("session closed", close_code=self.connection.close_code or close.code, reason=close.reason,
                       client_gone=client_gone, **self.stats.summary())
 
     async def _read_frames(self, stream: TranscriptionStream) -> bool:
@@ -181,15 +163,15 @@ class SessionRunner:
         try:
             while True:
                 frame = await self._next_frame()
-                if isinstance(frame, _Stop):
-                    self._stop_reading(frame)
+                if isinstance(frame, Stop):
+                    close = self.state.stop(frame)
+                    if frame is not Stop.DRAIN:
+                        self.log.info("stopped reading", why=frame.value, reason=close.reason)
                     return False
                 arrived = time.monotonic()
                 self.stats.frames_in += 1
                 self.metrics.message()
-                if isinstance(frame, str) and len(frame) > self.limits.max_base64_message_bytes:
-                    self._request_close(CLOSE_TOO_BIG, f"message_too_big: text frames are limited to "
-                                                       f"{self.limits.max_base64_message_bytes} bytes")
+                if isinstance(frame, str) and not self.state.text_frame(len(frame)):
                     return False
                 try:
                     events = self.protocol.parse(frame)
@@ -198,7 +180,7 @@ class SessionRunner:
                     continue
                 for event in events:
                     if isinstance(event, AudioIn):
-                        self._last_activity = arrived
+                        self.state.activity(arrived)
                         self.stats.bytes_in += len(event.data)
                         self.metrics.audio(len(event.data))
                         if not await self._decode_and_feed(stream, event.data, arrived):
@@ -209,13 +191,13 @@ class SessionRunner:
                     elif isinstance(event, CloseStream):
                         return False
                     elif isinstance(event, KeepAlive):
-                        self._last_activity = arrived
+                        self.state.activity(arrived)
                 await self._send(self.protocol.acknowledge())
-                if self._close is not None:  # the sender saw a fatal engine error
+                if self.state.close is not None:  # the sender saw a fatal engine error
                     return False
         except ConnectionClosed:
             # The client went away, or the sender closed the connection after an engine failure.
-            return self._close is None
+            return self.state.close is None
 
     async def _decode_and_feed(self, stream: TranscriptionStream, data: bytes, arrived: float) -> bool:
         """Decode one chunk and feed it; False when bad audio was reported and the session
@@ -224,7 +206,7 @@ class SessionRunner:
             await self._feed(stream, await self._decoder.decode(data), arrived)
             return True
         except AudioError as error:
-            if self.protocol.audio_errors_are_fatal:
+            if self.state.bad_audio(error, fatal=self.protocol.audio_errors_are_fatal):
                 raise
             self.log.info("bad audio; starting a fresh decoder", code=error.code, reason=error.message)
             self.metrics.decode_error()
@@ -246,20 +228,17 @@ class SessionRunner:
         waited = await stream.wait_for_room(limit)
         self.stats.held_seconds += waited
         self.metrics.held(waited)
-        # Time spent waiting for the engine is not the client's idleness.
-        self._last_activity = time.monotonic()
+        self.state.held(time.monotonic())
 
-    async def _next_frame(self) -> str | bytes | _Stop:
+    async def _next_frame(self) -> str | bytes | Stop:
         """The next client frame, or why reading stops now (drain, idle, maximum duration)."""
-        if self._draining.is_set():
-            # Read nothing more: the drain must end in time, and what was read is transcribed.
-            if not self._told_draining:
-                self._told_draining = True
+        timeout, why = self.state.next_stop(time.monotonic())
+        if why is Stop.DRAIN:
+            if self.state.tell_draining():
                 self.log.info("draining: transcribing the audio received")
                 await self._send(self.protocol.draining(
                     "server shutting down: transcribing the audio received, then closing with 1001"))
-            return _Stop.DRAIN
-        timeout, why = self._next_deadline()
+            return why
         if timeout is not None and timeout <= 0:
             return why
         receive = asyncio.ensure_future(self.connection.recv())
@@ -273,33 +252,7 @@ class SessionRunner:
                 await asyncio.wait({receive})  # no second recv() while this one unwinds
         if not receive.cancelled():
             return receive.result()  # a frame, or ConnectionClosed
-        if self._draining.is_set():
-            return await self._next_frame()
-        return why
-
-    def _next_deadline(self) -> tuple[float | None, _Stop]:
-        """Seconds until the idle timeout or the maximum duration, whichever comes first."""
-        now = time.monotonic()
-        deadlines = []
-        if self.limits.idle_timeout_seconds:
-            deadlines.append((self._last_activity + self.limits.idle_timeout_seconds - now, _Stop.IDLE))
-        if self.limits.max_session_seconds:
-            deadlines.append((self.stats.started + self.limits.max_session_seconds - now, _Stop.MAX_DURATION))
-        if not deadlines:
-            return None, _Stop.IDLE
-        return min(deadlines, key=lambda pair: pair[0])
-
-    def _stop_reading(self, why: _Stop) -> None:
-        if why is _Stop.DRAIN:
-            self._request_close(CLOSE_GOING_AWAY, DRAIN_REASON)
-        elif why is _Stop.IDLE:
-            seconds = f"{self.limits.idle_timeout_seconds:g}"
-            self.log.info("idle timeout", idle_timeout_s=self.limits.idle_timeout_seconds)
-            self._request_close(CLOSE_INTERNAL, f"idle_timeout: no audio or KeepAlive for {seconds} s")
-        else:
-            seconds = f"{self.limits.max_session_seconds:g}"
-            self.log.info("maximum session duration reached", max_session_s=self.limits.max_session_seconds)
-            self._request_close(CLOSE_POLICY, f"max_duration: sessions are limited to {seconds} s")
+        return await self._next_frame()  # drained, or a deadline passed: ask the state again
 
     async def _feed(self, stream: TranscriptionStream, audio: bytes, arrived: float) -> None:
         if not audio:
@@ -343,6 +296,7 @@ class SessionRunner:
         """Account for audio that will not be transcribed: the log, the metrics, the summary."""
         seconds = stream.untranscribed_seconds()
         if seconds > 0:
+            self.state.lost(seconds)
             self.stats.untranscribed_seconds += seconds
             self.metrics.untranscribed(seconds)
             self.log.warning("audio not transcribed", seconds=round(seconds, 3), reason=why)
@@ -372,9 +326,10 @@ class SessionRunner:
                 error = type(error)(f"{error.message}; {lost:.1f} s of the audio received were not "
                                     "transcribed", code=error.code)
             await self._report(error)
-            self._request_close(error.close_code, error.code)
+            self.state.engine_failed(error)
             # Stop the reader: it is waiting for frames that no longer matter.
-            await self.connection.close(*self._close)  # type: ignore[misc]
+            close = self.state.final_close()
+            await self.connection.close(close.code, close.reason)
 
     def _observe(self, result: Result) -> None:
         self.metrics.result_sent(result, self._clock.latency(result.end, time.monotonic()))
