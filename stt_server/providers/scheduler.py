@@ -227,7 +227,7 @@ class EngineScheduler(Generic[P, R]):
                 return
             lane.closed = True
             self._lanes -= 1
-            dropped = []
+            dropped: list[_Job[Any]] = []
             for priority, queue in lane.queues.items():
                 dropped += queue
                 for job in queue:
@@ -292,9 +292,10 @@ class EngineScheduler(Generic[P, R]):
             began = time.monotonic()
             waits = [began - job.queued_at for job in batch]
             cancel_timeout = self._arm_timeout(worker, batch)
+            results: Sequence[Any] | None = None
+            error: BaseException | None = None
             try:
-                results: Sequence[Any] | None = self._execute([job.payload for job in batch])
-                error: BaseException | None = None
+                results = self._execute([job.payload for job in batch])
                 if len(results) != len(batch):
                     error = ProviderError(f"{self.name}: engine returned {len(results)} results for "
                                           f"{len(batch)} jobs", code="provider_crashed")
