@@ -216,9 +216,13 @@ async def run(args: argparse.Namespace) -> int:
         print(f"stt-client: {close_line(exc.rcvd.code if exc.rcvd else None, exc.rcvd.reason if exc.rcvd else '')}",
               file=sys.stderr)
         return EXIT_SESSION
+    except ConnectionRefusedError:
+        print(f"stt-client: cannot connect to {args.url}: nothing is listening there (is stt-server "
+              f"running, and on that port?)", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except (OSError, asyncio.TimeoutError, websockets.InvalidURI, websockets.InvalidHandshake,
             websockets.InvalidMessage) as exc:
-        print(f"stt-client: cannot connect to {args.url}: {exc or type(exc).__name__}", file=sys.stderr)
+        print(f"stt-client: cannot connect to {args.url}: {str(exc) or type(exc).__name__}", file=sys.stderr)
         return EXIT_UNREACHABLE
     if not args.json:
         print(" ".join(finals))
