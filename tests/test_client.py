@@ -7,7 +7,6 @@ width) and are not drawn off a terminal; ``--json`` prints every server message 
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import json
 import os
