@@ -199,8 +199,9 @@ def test_kiosk_mode_survives_a_server_restart(tmp_path: Path) -> None:
             font_px = float(driver.execute_script(
                 "return parseFloat(getComputedStyle(document.querySelector('.transcript')).fontSize)"))
             assert font_px >= 48, font_px
-            assert wait_for(lambda: wer(JFK_TEXT, text_of(driver, "final")) <= 0.3, timeout=40), text_of(driver, "final")
-            assert level_of(driver) >= 0 and wait_for(lambda: level_of(driver) > 0.2, timeout=10)
+            heard = wait_for(lambda: wer(JFK_TEXT, text_of(driver, "final")) <= 0.3, timeout=40)
+            assert heard, text_of(driver, "final")
+            assert wait_for(lambda: level_of(driver) > 0.2, timeout=10)  # the meter runs without a click
             ARTIFACTS.mkdir(exist_ok=True)
             driver.save_screenshot(str(ARTIFACTS / "kiosk-mode.png"))
             before = len(driver.execute_script("return window.sttKiosk.transcript()"))
