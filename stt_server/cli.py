@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -166,7 +167,9 @@ def _print_how_to_connect(token_path: object, url: str) -> None:
     """Later starts: the tokens in the file are stored hashed and are never printed again,
     so say how to make a new one instead."""
     url, page = reachable_urls(url)
-    print(f"Tokens: {token_path} (stored hashed, not shown). Make a new one with:\n"
+    where = (f"Tokens: {token_path} (stored hashed, not shown)" if Path(str(token_path)).exists()
+             else f"No token file at {token_path} yet")
+    print(f"{where}. Make a new token with:\n"
           f"  stt-server tokens add NAME\n"
           f"Then:\n  stt-client --url {url} --token TOKEN FILE.wav\n"
           f"or open the kiosk page:\n  {page}\n", flush=True)
