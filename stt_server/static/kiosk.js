@@ -310,7 +310,7 @@
       fillProviders(await getJson("v1/providers", token));
       await getJson(`v1/listen?${sessionQuery()}&check=1`, token);
     } catch (refusal) {
-      return failed(refusal);
+      return retry.wanted ? failed(refusal) : undefined; // Stop pressed meanwhile: nothing to say
     }
     if (!retry.wanted) return; // Stop was pressed while we asked
 
