@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -83,8 +84,10 @@ def _providers(config: Config) -> int:
     enabled = set(config.enabled_providers())
     for name, spec in sorted(specs.items()):
         try:
-            provider_registry.load_class(spec)
-            status = "can load"
+            missing = provider_registry.load_class(spec).missing_modules()
+            # The engines import their libraries only when they start: importing the class
+            # alone would say "can load" for an engine whose package is not installed.
+            status = f"cannot load: {', '.join(missing)} not installed" if missing else "can load"
         except ProviderError as error:
             status = f"cannot load: {error.message}"
         flag = "enabled " if name in enabled else "disabled"
@@ -136,19 +139,40 @@ def _serve(config: Config, reload_config: Callable[[], Config]) -> int:
         return 1
 
 
-def _print_first_token(token: str, token_path: object, url: str) -> None:
-    """Printed once, to the terminal, not to the log: the file stores only its hash."""
+def reachable_urls(url: str) -> tuple[str, str]:
+    """The server's ws(s):// URL → (a URL a local client can use, the kiosk page's http(s) URL)."""
     for wildcard in ("0.0.0.0", "[::]"):
         url = url.replace(f"//{wildcard}:", "//127.0.0.1:")
+    page = "https" + url[3:] if url.startswith("wss://") else "http" + url[2:]
+    return url, page + "/"
+
+
+def _print_first_token(token: str, token_path: object, url: str) -> None:
+    """Printed once, to the terminal, not to the log: the file stores only its hash."""
+    url, page = reachable_urls(url)
     if os.environ.get("JOURNAL_STREAM"):
         # systemd connects stdout to the journal: printing the token would log it.
         print(f"Created {token_path} with one token named 'default'; it is not shown because this "
               f"output goes to the system journal. Make one to use with: stt-server tokens add NAME",
               flush=True)
+        print(f"Kiosk page: {page}", flush=True)
         return
     print(f"Created {token_path} with a new token (stored hashed; shown only now):\n"
           f"  {token}\n"
-          f"Try it:\n  stt-client --url {url} --token {token} FILE.wav\n", flush=True)
+          f"Try it:\n  stt-client --url {url} --token {token} FILE.wav\n"
+          f"or open the kiosk page and paste the token:\n  {page}\n", flush=True)
+
+
+def _print_how_to_connect(token_path: object, url: str) -> None:
+    """Later starts: the tokens in the file are stored hashed and are never printed again,
+    so say how to make a new one instead."""
+    url, page = reachable_urls(url)
+    where = (f"Tokens: {token_path} (stored hashed, not shown)" if Path(str(token_path)).exists()
+             else f"No token file at {token_path} yet")
+    print(f"{where}. Make a new token with:\n"
+          f"  stt-server tokens add NAME\n"
+          f"Then:\n  stt-client --url {url} --token TOKEN FILE.wav\n"
+          f"or open the kiosk page:\n  {page}\n", flush=True)
 
 
 async def _run(config: Config, tokens: TokenStore, reload_config: Callable[[], Config],
@@ -186,6 +210,8 @@ async def _run(config: Config, tokens: TokenStore, reload_config: Callable[[], C
     await server.start()
     if first_token is not None:
         _print_first_token(first_token, tokens.path, server.url)
+    else:
+        _print_how_to_connect(tokens.path, server.url)
     await stop.wait()
     await server.drain()
     return 0

@@ -288,6 +288,11 @@ class SttServer:
                           path=path, peer=self._peer(connection))
             self.metrics.refused(error.code, auth=isinstance(error, AuthError))
             return error_response(error)
+        if "Upgrade" not in request.headers and web.asks_for_check(request.path):
+            # A dry run: browsers hide a refused upgrade's body, so the kiosk page asks first
+            # with a plain GET and shows the server's own reason. Nothing is reserved.
+            body = {"status": "ok", "provider": context.params.provider, "language": context.params.language}
+            return json_response(http.HTTPStatus.OK, json.dumps(body).encode() + b"\n", {"Cache-Control": "no-store"})
         self._contexts[connection] = context
         self._sessions_by_token[context.token.name] += 1
         return None
@@ -339,7 +344,8 @@ class SttServer:
                 return error_response(error)
             allowed = [name for name in self.providers if entry.allows(name)]
         body = web.providers_body(enabled=self.providers.keys(), default=self.config.server.default_provider,
-                                  language=self.config.session.language, allowed=allowed)
+                                  language=self.config.session.language, allowed=allowed,
+                                  languages={name: p.languages() for name, p in self.providers.items()})
         return json_response(http.HTTPStatus.OK, body, {"Cache-Control": "no-store"})
 
     def _engines_behind(self) -> list[tuple[str, float]]:

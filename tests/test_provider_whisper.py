@@ -231,7 +231,8 @@ async def test_unusable_model_path_is_a_provider_error(tmp_path: object) -> None
 def test_describe_and_language(provider: WhisperProvider) -> None:
     facts = provider.describe()
     assert facts["compute_type"] == "int8" and facts["multilingual"] is False
-    assert str(facts["model"]).endswith("model")
+    assert facts["model"] == "tiny.en"  # its name: Metadata never shows the server's paths
+    assert provider.languages() == ("en",)
     assert provider.open_stream(session(language="en-GB"), pcm16_mono(RATE)) is not None
     with pytest.raises(RequestError):
         provider.open_stream(session(language="fr-FR"), pcm16_mono(RATE))

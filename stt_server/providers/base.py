@@ -8,6 +8,7 @@ provider's own bounded executor, or another process.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -113,6 +114,9 @@ class Provider(ABC):
     #: Options that are file paths: a relative one is taken relative to the config file's
     #: folder (as tokens.file is), so a service's working directory does not matter.
     path_options: ClassVar[tuple[str, ...]] = ()
+    #: Modules the engine imports only when it starts (to keep ``import`` cheap). Listed here so
+    #: ``stt-server providers`` can say truthfully whether the engine can load.
+    required_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: Any) -> None:
         self.options = options
@@ -156,6 +160,22 @@ class Provider(ABC):
 
     def is_ready(self) -> bool:
         return True
+
+    @classmethod
+    def missing_modules(cls) -> list[str]:
+        """The :attr:`required_modules` that cannot be imported here (empty: all present)."""
+        missing = []
+        for module in cls.required_modules:
+            try:
+                importlib.import_module(module)
+            except Exception:  # ImportError, or a broken package failing at import time
+                missing.append(module)
+        return missing
+
+    def languages(self) -> tuple[str, ...] | None:
+        """Primary language subtags this engine serves ("en", "de"), for clients' menus;
+        None: any tag is passed on to the engine (which may still refuse it)."""
+        return None
 
     def describe(self) -> Mapping[str, Any]:
         """Facts for ``stt-server providers`` and Metadata (model, device...)."""

@@ -135,6 +135,9 @@ class GoogleProvider(Provider):
     path_options = ("credentials_file",)
     options: GoogleOptions
 
+    def languages(self) -> tuple[str, ...] | None:
+        return None  # Google serves 100+ languages and answers an unknown tag with a clear error
+
     def __init__(self, options: GoogleOptions) -> None:
         super().__init__(options)
         self._client: SpeechAsyncClient | None = None

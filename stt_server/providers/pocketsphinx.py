@@ -603,6 +603,7 @@ class PocketsphinxProvider(Provider):
     name = "pocketsphinx"
     Options = PocketsphinxOptions
     path_options = ("model", "language_model", "dictionary")
+    required_modules = ("pocketsphinx",)
     options: PocketsphinxOptions
 
     def __init__(self, options: PocketsphinxOptions) -> None:
@@ -645,7 +646,8 @@ class PocketsphinxProvider(Provider):
     def describe(self) -> Mapping[str, Any]:
         options = self.options
         return {
-            "model": self._decoder_config.get("hmm") or options.model or "(bundled en-us)",
+            # A name, never a path: Metadata goes to clients, who need not see the server's files.
+            "model": Path(options.model).expanduser().name if options.model else "en-us",
             "bundled_model": not (options.model or options.language_model or options.dictionary),
             "languages": list(options.languages),
             "processes": options.processes,
@@ -656,6 +658,9 @@ class PocketsphinxProvider(Provider):
 
     def worker_pids(self) -> list[int]:
         return [worker.pid for worker in self._workers if worker.alive and worker.pid is not None]
+
+    def languages(self) -> tuple[str, ...] | None:
+        return tuple(language.lower() for language in self.options.languages)
 
     def check_session(self, session: SessionParams) -> None:
         check_language(session.language, self.options.languages)

