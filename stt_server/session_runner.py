@@ -154,9 +154,26 @@ class SessionRunner:
             await self._report(audio_error)
         close = self.state.final_close()
         if not client_gone:
-            await self.connection.close(close.code, close.reason)
+            await self._close_connection(close.code, close.reason)
         self.log.info("session closed", close_code=self.connection.close_code or close.code, reason=close.reason,
                       client_gone=client_gone, **self.stats.summary())
+
+    async def _close_connection(self, code: int, reason: str) -> None:
+        """Close, dropping whatever the client still sends meanwhile: the reader stopped (a
+        drain, a limit), and frames left unread would keep the client's answer to our close
+        frame from being read until close_timeout."""
+        discard = asyncio.create_task(self._discard_frames())
+        try:
+            await self.connection.close(code, reason)
+        finally:
+            discard.cancel()
+
+    async def _discard_frames(self) -> None:
+        try:
+            while True:
+                await self.connection.recv()
+        except ConnectionClosed:
+            pass
 
     async def _read_frames(self, stream: TranscriptionStream) -> bool:
         """Read until CloseStream, a limit or a drain (False), or the client goes away (True)."""
