@@ -136,4 +136,5 @@ async def test_clients_that_keep_sending_do_not_stretch_the_drain(make_server) -
     for _, transcript, _ in clients:
         assert transcript.close_code == 1001, transcript.close_reason
         assert transcript.finals and not transcript.of_type("Error")
-        assert "ask not what your country can do for you" in " ".join(words(transcript))
+        # About 6 s were read before the drain: "And so my fellow Americans, ask not ..."
+        assert "fellow americans ask not" in " ".join(words(transcript))
