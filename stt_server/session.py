@@ -21,18 +21,21 @@ class Endpoint(str, Enum):
 
     NATIVE = "native"  # /v1/listen, shaped like Deepgram's live API
     SEED = "seed"  # /ws/transcription/, the Django design's protocol
+    ROOT = "root"  # /, vosk-server's protocol or WhisperLive's, told apart by the first message
 
 
+# The protocol each endpoint speaks is in stt_server.protocols.registry.
 ENDPOINT_PATHS: Mapping[str, Endpoint] = {
     "/v1/listen": Endpoint.NATIVE,
     "/ws/transcription": Endpoint.SEED,
+    "/": Endpoint.ROOT,
 }
 
 # Accepted but not acted on: parameters of Deepgram's API that clients commonly send, and the
 # token (read by the auth step). Anything else unknown is reported back in Metadata.
 _KNOWN = {
     "token", "provider", "stt_provider", "language", "encoding", "sample_rate", "channels",
-    "interim_results", "punctuate", "words", "endpointing", "model",
+    "interim_results", "punctuate", "words", "endpointing", "model", "utterance_end_ms", "vad_events",
 }
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -58,6 +61,10 @@ class SessionParams:
     model: str | None = None
     # Query parameters we did not recognise; echoed in Metadata so typos are visible.
     ignored_params: tuple[str, ...] = field(default=())
+    # Deepgram's UtteranceEnd: audio ms without a new word after the last one (0 = off).
+    utterance_end_ms: int = 0
+    # Deepgram's SpeechStarted messages.
+    vad_events: bool = False
 
 
 def endpoint_for_path(path: str) -> Endpoint:
@@ -102,7 +109,9 @@ def parse_session(
             parameter="provider" if "provider" in query else "stt_provider",
         )
 
-    default_encoding = "linear16" if endpoint is Endpoint.NATIVE else "auto"
+    # Deepgram's clients and vosk's send PCM16 unless they say otherwise; the seed's browser
+    # sends WebM or Ogg.
+    default_encoding = "auto" if endpoint is Endpoint.SEED else "linear16"
     encoding = (query.get("encoding") or default_encoding).lower()
     if encoding not in RAW_ENCODINGS and encoding not in CONTAINER_ENCODINGS:
         names = ", ".join(sorted(RAW_ENCODINGS | CONTAINER_ENCODINGS))
@@ -134,6 +143,8 @@ def parse_session(
         endpointing_ms=endpointing,
         model=model,
         ignored_params=tuple(sorted(set(query) - _KNOWN)),
+        utterance_end_ms=_int(query, "utterance_end_ms", 0, 0, 60_000) or 0,
+        vad_events=_bool(query, "vad_events", False),
     )
 
 

@@ -27,7 +27,7 @@ from .config import LimitsConfig
 from .errors import AudioError, ProtocolError, ProviderError, SttServerError
 from .handshake import SessionContext
 from .metrics import AudioClock, Metrics, SessionMetrics
-from .protocols import AudioIn, CloseStream, Finalize, KeepAlive, WireProtocol
+from .protocols import AudioIn, CloseStream, Finalize, KeepAlive, SetAudioFormat, WireProtocol
 from .providers import Provider, TranscriptionStream
 from .results import Result
 
@@ -164,6 +164,8 @@ class SessionRunner:
                 await self._finish_stream(stream, sender)
         if audio_error is not None:
             await self._report(audio_error)
+        if not client_gone:
+            await self._send(self.protocol.closing())
         code, reason = self._close or (CLOSE_NORMAL, "")
         if not client_gone:
             await self.connection.close(code, reason)
@@ -203,6 +205,10 @@ class SessionRunner:
                         return False
                     elif isinstance(event, KeepAlive):
                         self._last_activity = arrived
+                    elif isinstance(event, SetAudioFormat):  # named in-band (vosk, WhisperLive)
+                        await self._feed(stream, await self._decoder.finish(), arrived)
+                        self._decoder.close()
+                        self._decoder = open_decoder(event.audio, self.stream_format)
                 await self._send(self.protocol.acknowledge())
                 if self._close is not None:  # the sender saw a fatal engine error
                     return False
