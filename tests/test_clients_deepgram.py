@@ -227,6 +227,41 @@ async def test_sigterm_mid_session_the_readme_handler_gets_every_final(tmp_path:
         await server.close()
 
 
+async def test_sigterm_mid_session_js_sdk_gets_every_final(tmp_path: Path, jfk_pcm: bytes) -> None:
+    """The same stop under the JavaScript SDK: its README's `on("message")` handler gets every
+    final, then the 1001 close, and no error event."""
+    node_modules_ready()
+    pcm_file = tmp_path / "jfk.pcm"
+    pcm_file.write_bytes(jfk_pcm)
+    server = ServerProcess(tmp_path, {"server": {"port": 0, "drain_timeout_seconds": 60},
+                                      "logging": {"format": "json"}})
+    await server.start()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            "node", str(JS_CLIENT / "deepgram_live.mjs"), server.url, server.tokens["alice"], str(pcm_file),
+            "stream", cwd=JS_CLIENT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert process.stdout is not None
+        events = []
+        mark = None
+        while line := await asyncio.wait_for(process.stdout.readline(), 90):
+            event = json.loads(line)
+            events.append(event)
+            if event["event"] == "sent" and event["chunks"] >= 60 and mark is None:
+                mark = server.signal(signal.SIGTERM)  # 6 s of speech sent
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+        assert mark is not None and await asyncio.wait_for(server.proc.wait(), 60) == 0  # type: ignore[union-attr]
+        closed = await server.event("session closed", mark)
+        assert closed["close_code"] == 1001
+        assert not [e for e in events if e["event"] == "error"], events
+        assert events[-1]["event"] == "close" and events[-1]["code"] == 1001
+        messages = [e["message"] for e in events if e["event"] == "message"]
+        finals = [m for m in messages if m["type"] == "Results" and m["is_final"]]
+        assert len(finals) == closed["finals"] >= 1
+        assert {m["type"] for m in messages} <= set(JS_DECLARED) and messages[-1]["type"] == "Metadata"
+    finally:
+        await server.close()
+
+
 def test_js_lockfile_pins_the_sdk() -> None:
     lock = json.loads((JS_CLIENT / "package-lock.json").read_text())
     assert lock["packages"]["node_modules/@deepgram/sdk"]["version"].startswith("5.13.")

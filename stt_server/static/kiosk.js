@@ -191,7 +191,7 @@
         } else {
           render(text);
         }
-      } else if (message.type === "Metadata") {
+      } else if (message.type === "Metadata" && message.session_id) {  // the opening one, not the closing one
         ui.meta.textContent = `${message.provider} · ${message.language} · session ${String(message.session_id).slice(0, 8)}`;
       } else if (message.type === "Error") {
         showError(`Server error (${message.code}): ${message.message}`);

@@ -1,10 +1,13 @@
 // A live session through the official @deepgram/sdk (5.13), as its README shows it, against a
 // stt_server. Driven by tests/test_clients_deepgram.py; prints one JSON line per event.
-//   node deepgram_live.mjs BASE_URL TOKEN PCM16_FILE
+//   node deepgram_live.mjs BASE_URL TOKEN PCM16_FILE [session|stream]
+// "session" (default): half the audio, KeepAlive, Finalize, the rest, silence, CloseStream.
+// "stream": the audio at 2x real time, reporting progress, until the server closes (the test
+// stops the server meanwhile).
 import { readFileSync } from "node:fs";
 import { DeepgramClient } from "@deepgram/sdk";
 
-const [baseUrl, token, pcmPath] = process.argv.slice(2);
+const [baseUrl, token, pcmPath, mode = "session"] = process.argv.slice(2);
 const pcm = readFileSync(pcmPath);
 const CHUNK = 3200; // 100 ms of 16 kHz PCM16
 const out = (event) => process.stdout.write(JSON.stringify(event) + "\n");
@@ -42,6 +45,22 @@ async function send(audio) {
     connection.sendMedia(audio.subarray(i, i + CHUNK));
     await sleep(20);
   }
+}
+
+if (mode === "stream") {
+  let sent = 0;
+  for (let i = 0; i < pcm.length && connection.readyState === 1; i += CHUNK) {
+    try {
+      connection.sendMedia(pcm.subarray(i, i + CHUNK));
+    } catch (error) {
+      break; // the server stopped reading
+    }
+    sent += 1;
+    if (sent % 10 === 0) out({ event: "sent", chunks: sent });
+    await sleep(50);
+  }
+  await closed;
+  process.exit(0);
 }
 
 const half = Math.floor(pcm.length / 2 / CHUNK) * CHUNK;
