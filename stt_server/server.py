@@ -320,6 +320,8 @@ class SttServer:
             await connection.close(error.close_code, error.code)
             return None
         try:
+            if self.draining:  # the drain began while the first message was awaited
+                raise CapacityError("the server is shutting down; retry on another instance", code="draining")
             if isinstance(error, AuthError):
                 options = whisperlive_options(first)
                 if options is None or options.token is None:

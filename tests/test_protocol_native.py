@@ -175,7 +175,8 @@ def test_metadata_at_open_and_at_the_end_of_the_stream() -> None:
     (closing,) = messages(native.closing())
     assert closing == {"type": "Metadata", "transaction_key": "deprecated", "request_id": "abc123",
                        "sha256": hashlib.sha256(audio * 2).hexdigest(), "created": OPENING["created"],
-                       "duration": round(len(audio) * 2 / PCM_RATE, 3), "channels": 1}
+                       "duration": round(len(audio) * 2 / PCM_RATE, 3), "channels": 1,
+                       "models": [native.model.uuid], "model_info": {native.model.uuid: native.model.to_json()}}
 
 
 def test_drain_sends_nothing_new() -> None:

@@ -370,7 +370,9 @@ class NativeProtocol(WireProtocol):
         return []  # Deepgram has no such message: the SDKs could not type it
 
     def closing(self) -> list[str]:
-        return self._utterance_end(stream_over=True) + [self._metadata().to_frame()]
+        # Deepgram's closing Metadata also names the models used (fields the SDKs leave untyped).
+        models = {"models": [self.model.uuid], "model_info": {self.model.uuid: self.model.to_json()}}
+        return self._utterance_end(stream_over=True) + [self._metadata(extra=models).to_frame()]
 
     def _utterance_end(self, *, stream_over: bool = False) -> list[str]:
         last_word_end = self._utterances.utterance_end(self.audio_seconds, stream_over=stream_over)
