@@ -8,28 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from urllib.parse import parse_qs, urlsplit
 
 from .audio_format import CONTAINER_ENCODINGS, RAW_ENCODINGS, AudioFormat
 from .config import SessionDefaults
 from .errors import NotFoundError, RequestError
+from .protocols.registry import ENDPOINT_PATHS, PROTOCOLS, Endpoint
 
-
-class Endpoint(str, Enum):
-    """Which wire protocol a path speaks."""
-
-    NATIVE = "native"  # /v1/listen, shaped like Deepgram's live API
-    SEED = "seed"  # /ws/transcription/, the Django design's protocol
-    ROOT = "root"  # /, vosk-server's protocol or WhisperLive's, told apart by the first message
-
-
-# The protocol each endpoint speaks is in stt_server.protocols.registry.
-ENDPOINT_PATHS: Mapping[str, Endpoint] = {
-    "/v1/listen": Endpoint.NATIVE,
-    "/ws/transcription": Endpoint.SEED,
-    "/": Endpoint.ROOT,
-}
 
 # Accepted but not acted on: parameters of Deepgram's API that clients commonly send, and the
 # token (read by the auth step). Anything else unknown is reported back in Metadata.
@@ -109,10 +94,7 @@ def parse_session(
             parameter="provider" if "provider" in query else "stt_provider",
         )
 
-    # Deepgram's clients and vosk's send PCM16 unless they say otherwise; the seed's browser
-    # sends WebM or Ogg.
-    default_encoding = "auto" if endpoint is Endpoint.SEED else "linear16"
-    encoding = (query.get("encoding") or default_encoding).lower()
+    encoding = (query.get("encoding") or PROTOCOLS[endpoint].default_encoding).lower()
     if encoding not in RAW_ENCODINGS and encoding not in CONTAINER_ENCODINGS:
         names = ", ".join(sorted(RAW_ENCODINGS | CONTAINER_ENCODINGS))
         raise RequestError(f"unknown encoding {encoding!r}; one of: {names}", parameter="encoding")
