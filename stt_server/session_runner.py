@@ -162,10 +162,10 @@ class SessionRunner:
                 sender.cancel()
             else:
                 await self._finish_stream(stream, sender)
-        if audio_error is not None:
-            await self._report(audio_error)
         if not client_gone:
             await self._send(self.protocol.closing())
+        if audio_error is not None:  # last: the reason for the close
+            await self._report(audio_error)
         code, reason = self._close or (CLOSE_NORMAL, "")
         if not client_gone:
             await self.connection.close(code, reason)
