@@ -15,10 +15,12 @@ import json
 import ssl
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
+from urllib.parse import urlencode
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
@@ -37,12 +39,12 @@ from .handshake import (
 from .journal import Journal, final_record
 from .logs import get_logger, set_level
 from .metrics import CONTENT_TYPE, Metrics
-from .protocols import WireProtocol
-from .protocols.native import NativeProtocol
+from .protocols.registry import protocol_for
+from .protocols.root import refusal, whisperlive_options
 from .providers import Provider
 from .reload import ReloadPlan, plan_reload
 from .results import Result
-from .session import Endpoint, SessionParams
+from .session import Endpoint, endpoint_for_path
 from .session_runner import DRAIN_REASON, SessionRunner
 from .tokens import TokenStore
 
@@ -54,12 +56,22 @@ READ_AHEAD_FRAMES = 4
 DRAIN_STOP_MARGIN = 2.0
 
 
-def protocol_for(params: SessionParams) -> WireProtocol:
-    if params.endpoint is Endpoint.NATIVE:
-        return NativeProtocol(include_words=params.words)
-    from .protocols.seed import SeedProtocol  # the Django design's protocol
+class ReplayConnection:
+    """A connection whose first recv() returns a message already read (a ``/`` session's first
+    message, read to admit it); everything else is the connection's own."""
 
-    return SeedProtocol()
+    def __init__(self, connection: ServerConnection, first: str | bytes) -> None:
+        self._connection = connection
+        self._first: str | bytes | None = first
+
+    async def recv(self) -> str | bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return await self._connection.recv()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
 
 
 def json_response(status: http.HTTPStatus, body: bytes, extra: Mapping[str, str] | None = None,
@@ -110,6 +122,8 @@ class SttServer:
         self._server: Server | None = None
         self._ssl: ssl.SSLContext | None = None
         self._contexts: dict[ServerConnection, SessionContext] = {}
+        # "/" upgrades whose admission waits for the first message: target, headers, the refusal.
+        self._after_upgrade: dict[ServerConnection, tuple[str, Headers, SttServerError]] = {}
         self._sessions_by_token: Counter[str] = Counter()
         self._runners: dict[ServerConnection, tuple[SessionRunner, asyncio.Task[Any]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -284,6 +298,9 @@ class SttServer:
             self.providers[context.params.provider].check_session(context.params)
             self._check_capacity(context)
         except SttServerError as error:
+            if self._admits_after_upgrade(path, request, error):
+                self._after_upgrade[connection] = (request.path, request.headers, error)
+                return None
             self.log.info("handshake refused", status=error.http_status, code=error.code,
                           path=path, peer=self._peer(connection))
             self.metrics.refused(error.code, auth=isinstance(error, AuthError))
@@ -293,9 +310,60 @@ class SttServer:
             # with a plain GET and shows the server's own reason. Nothing is reserved.
             body = {"status": "ok", "provider": context.params.provider, "language": context.params.language}
             return json_response(http.HTTPStatus.OK, json.dumps(body).encode() + b"\n", {"Cache-Control": "no-store"})
+        self._admit(connection, context)
+        return None
+
+    def _admit(self, connection: ServerConnection, context: SessionContext) -> None:
         self._contexts[connection] = context
         self._sessions_by_token[context.token.name] += 1
-        return None
+
+    @staticmethod
+    def _admits_after_upgrade(path: str, request: Request, error: SttServerError) -> bool:
+        """On ``/``, a missing token or a full server is decided after the upgrade, from the first
+        message: WhisperLive's client can only send its token, and only read WAIT, in-band."""
+        if "Upgrade" not in request.headers:
+            return False
+        try:
+            root = endpoint_for_path(path) is Endpoint.ROOT
+        except SttServerError:
+            return False
+        missing_token = isinstance(error, AuthError) and error.code == "token_missing"
+        full = isinstance(error, CapacityError) and error.code != "draining"
+        return root and (missing_token or full)
+
+    async def _admit_after_upgrade(self, connection: ServerConnection, target: str, headers: Headers,
+                                   error: SttServerError) -> tuple[SessionContext, ServerConnection] | None:
+        """Read the first message of a ``/`` session refused before the upgrade, and admit it (its
+        token in WhisperLive's options, or a slot freed since) or refuse it in its protocol."""
+        try:
+            first = await asyncio.wait_for(connection.recv(), self.config.limits.handshake_timeout_seconds)
+        except (TimeoutError, ConnectionClosed):
+            await connection.close(error.close_code, error.code)
+            return None
+        try:
+            if self.draining:  # the drain began while the first message was awaited
+                raise CapacityError("the server is shutting down; retry on another instance", code="draining")
+            if isinstance(error, AuthError):
+                options = whisperlive_options(first)
+                if options is None or options.token is None:
+                    raise error
+                target = f"{target}{'&' if '?' in target else '?'}{urlencode({'token': options.token})}"
+            context = accept_session(target, headers, config=self.config, tokens=self.tokens.table,
+                                     providers=self.providers.keys(), peer=self._peer(connection))
+            self.providers[context.params.provider].check_session(context.params)
+            self._check_capacity(context)
+        except SttServerError as refused:
+            self.log.info("session refused after the upgrade", code=refused.code, peer=self._peer(connection))
+            self.metrics.refused(refused.code, auth=isinstance(refused, AuthError))
+            try:
+                for frame in refusal(first, refused, wait_minutes=RETRY_AFTER_SECONDS / 60):
+                    await connection.send(frame)
+            except ConnectionClosed:
+                pass
+            await connection.close(refused.close_code, refused.code)
+            return None
+        self._admit(connection, context)
+        return context, cast(ServerConnection, ReplayConnection(connection, first))
 
     def _readiness(self) -> Response:
         problems = [f"provider {name!r} is not ready" for name, provider in sorted(self.providers.items())
@@ -322,6 +390,7 @@ class SttServer:
     def _process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
         # A handshake that failed after process_request accepted it never reaches _handle.
         if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
+            self._after_upgrade.pop(connection, None)
             self._release(connection)
 
     def _release(self, connection: ServerConnection) -> None:
@@ -389,6 +458,13 @@ class SttServer:
     # --- sessions --------------------------------------------------------------------------
 
     async def _handle(self, connection: ServerConnection) -> None:
+        session_connection = connection
+        after_upgrade = self._after_upgrade.pop(connection, None)
+        if after_upgrade is not None:
+            admitted = await self._admit_after_upgrade(connection, *after_upgrade)
+            if admitted is None:
+                return
+            _, session_connection = admitted
         context = self._contexts.get(connection)
         if context is None:  # cannot happen: process_request accepted it
             await connection.close(1011, "no session context")
@@ -399,7 +475,7 @@ class SttServer:
             releaser = asyncio.create_task(self._release_when_closed(connection))
             self._background.add(releaser)
             releaser.add_done_callback(self._background.discard)
-            runner = SessionRunner(connection, context, protocol_for(context.params),
+            runner = SessionRunner(session_connection, context, protocol_for(context.params),
                                    self.providers[context.params.provider], logger=self.log,
                                    on_result=self._on_result if self.journal is not None else None,
                                    limits=self.config.limits,

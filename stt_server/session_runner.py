@@ -32,7 +32,7 @@ from .config import LimitsConfig
 from .errors import AudioError, ProtocolError, ProviderError, SttServerError
 from .handshake import SessionContext
 from .metrics import AudioClock, Metrics, SessionMetrics
-from .protocols import AudioIn, CloseStream, Finalize, KeepAlive, WireProtocol
+from .protocols import AudioIn, CloseStream, Finalize, KeepAlive, SetAudioFormat, WireProtocol
 from .providers import Provider, TranscriptionStream
 from .results import Result
 from .session_state import DRAIN_REASON, SessionState, Stop
@@ -150,7 +150,9 @@ class SessionRunner:
                 sender.cancel()
             else:
                 await self._finish_stream(stream, sender)
-        if audio_error is not None:
+        if not client_gone:
+            await self._send(self.protocol.closing())
+        if audio_error is not None:  # last: the reason for the close
             await self._report(audio_error)
         close = self.state.final_close()
         if not client_gone:
@@ -209,6 +211,10 @@ class SessionRunner:
                         return False
                     elif isinstance(event, KeepAlive):
                         self.state.activity(arrived)
+                    elif isinstance(event, SetAudioFormat):  # named in-band (vosk, WhisperLive)
+                        await self._feed(stream, await self._decoder.finish(), arrived)
+                        self._decoder.close()
+                        self._decoder = open_decoder(event.audio, self.stream_format)
                 await self._send(self.protocol.acknowledge())
                 if self.state.close is not None:  # the sender saw a fatal engine error
                     return False

@@ -382,11 +382,9 @@
       } else {
         render(text);
       }
-    } else if (message.type === "Metadata") {
+    } else if (message.type === "Metadata" && message.session_id) {  // the opening one, not the closing one
       const model = message.model_info?.model ? ` (${message.model_info.model})` : "";
       ui.meta.textContent = `${message.provider}${model} · ${message.language}`;
-    } else if (message.type === "Draining") {
-      setState("reconnecting", "Server restarting…");
     } else if (message.type === "Error") {
       showError(`The server stopped this session: ${message.message}`);
     }
