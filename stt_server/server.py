@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import http
 import json
+import os
 import ssl
-from collections import Counter
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -23,6 +25,7 @@ from websockets.typing import Subprotocol
 
 from . import providers as provider_registry
 from . import web
+from .cluster import LeaseRequest, session_leases
 from .config import Config
 from .errors import AuthError, CapacityError, ConfigError, ForbiddenError, ProviderError, SttServerError
 from .handshake import (
@@ -94,19 +97,32 @@ def _load_certificate(context: ssl.SSLContext, config: Config) -> None:
                           f"and key {key}: {exc}") from None
 
 
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What the supervisor gives each worker: the box's shared lease file and metrics folder."""
+
+    index: int
+    leases_file: Path
+    metrics_dir: str
+
+
 class SttServer:
-    def __init__(self, config: Config, *, tokens: TokenStore, providers: Mapping[str, Provider] | None = None) -> None:
+    def __init__(self, config: Config, *, tokens: TokenStore, providers: Mapping[str, Provider] | None = None,
+                 worker: WorkerSetup | None = None) -> None:
+        """``worker``: set when this server is one of ``server.workers`` processes on the box."""
         self.config = config
         self.tokens = tokens
         self.providers: dict[str, Provider] = dict(providers or {})
         self.log = get_logger("stt_server.server")
-        self.metrics = Metrics()
+        self.worker = worker
+        self.metrics = Metrics(multiprocess_dir=worker.metrics_dir if worker else None)
+        self.leases = session_leases(config.cluster, box_file=worker.leases_file if worker else None,
+                                     logger=self.log)
         self.journal: Journal | None = None
         self.draining = False
         self._server: Server | None = None
         self._ssl: ssl.SSLContext | None = None
         self._contexts: dict[ServerConnection, SessionContext] = {}
-        self._sessions_by_token: Counter[str] = Counter()
         self._runners: dict[ServerConnection, tuple[SessionRunner, asyncio.Task[Any]]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -134,6 +150,7 @@ class SttServer:
         self._log_token_problems()
         self._ssl = tls_context(self.config)  # before the engines: a bad path fails fast
         await self.load_providers()
+        await self.leases.start()
         if self.config.journal.enabled:
             journal = self.config.journal
             self.journal = Journal(self.config.resolve_path(journal.file), max_bytes=journal.max_bytes,
@@ -161,9 +178,11 @@ class SttServer:
             close_timeout=limits.close_timeout_seconds,
             # Limits.
             max_size=server_config.max_message_bytes,
+            # Workers share the port; the kernel spreads new connections over them.
+            reuse_port=self.worker is not None,
         )
         self.log.info("listening", url=self.url, providers=sorted(self.providers),
-                      journal=str(self.journal.path) if self.journal else None)
+                      journal=str(self.journal.path) if self.journal else None, pid=os.getpid())
 
     @property
     def port(self) -> int:
@@ -187,6 +206,7 @@ class SttServer:
         if self.journal is not None:
             await self.journal.close()
             self.journal = None
+        await self.leases.close()
 
     async def drain(self, timeout: float | None = None) -> bool:
         """Graceful shutdown: refuse new sessions (503, /readyz 503), tell each open session,
@@ -240,7 +260,7 @@ class SttServer:
                             subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
         return Subprotocol(TOKEN_SUBPROTOCOL) if TOKEN_SUBPROTOCOL in subprotocols else None
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
             return json_response(http.HTTPStatus.OK, b'{"status":"ok"}\n')
@@ -266,14 +286,13 @@ class SttServer:
                 providers=self.providers.keys(), peer=self._peer(connection),
             )
             self.providers[context.params.provider].check_session(context.params)
-            self._check_capacity(context)
+            await self._take_lease(context)
         except SttServerError as error:
             self.log.info("handshake refused", status=error.http_status, code=error.code,
                           path=path, peer=self._peer(connection))
             self.metrics.refused(error.code, auth=isinstance(error, AuthError))
             return error_response(error)
         self._contexts[connection] = context
-        self._sessions_by_token[context.token.name] += 1
         return None
 
     def _readiness(self) -> Response:
@@ -296,18 +315,15 @@ class SttServer:
             self.tokens.authenticate(token_from_request(request.path, request.headers,
                                                         offered_subprotocols(request.headers)))
 
-    def _process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
+    async def _process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
         # A handshake that failed after process_request accepted it never reaches _handle.
         if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
-            self._release(connection)
+            await self._release(connection)
 
-    def _release(self, connection: ServerConnection) -> None:
+    async def _release(self, connection: ServerConnection) -> None:
         context = self._contexts.pop(connection, None)
-        if context is None:
-            return
-        self._sessions_by_token[context.token.name] -= 1
-        if self._sessions_by_token[context.token.name] <= 0:
-            del self._sessions_by_token[context.token.name]
+        if context is not None:
+            await self.leases.release(context.session_id)
 
     def _providers_response(self, request: Request) -> Response:
         """The kiosk page's menu. No token needed; a presented token narrows the list to what
@@ -324,16 +340,14 @@ class SttServer:
                                   language=self.config.session.language, allowed=allowed)
         return json_response(http.HTTPStatus.OK, body, {"Cache-Control": "no-store"})
 
-    def _check_capacity(self, context: SessionContext) -> None:
+    async def _take_lease(self, context: SessionContext) -> None:
+        """A slot for this session in the lease store: this process, this box, or the cluster
+        (cluster.py); CapacityError when a limit is reached or Redis is down and says refuse."""
         limits = self.config.limits
-        if limits.max_sessions and len(self._contexts) >= limits.max_sessions:
-            raise CapacityError(f"the server already has {limits.max_sessions} open sessions",
-                                code="server_session_limit")
         # The token file's max_sessions wins over the config's default for every token.
-        limit = context.token.max_sessions or limits.max_sessions_per_token
-        if limit and self._sessions_by_token[context.token.name] >= limit:
-            raise CapacityError(f"token {context.token.name!r} already has {limit} open sessions",
-                                code="token_session_limit")
+        token_limit = context.token.max_sessions or limits.max_sessions_per_token
+        await self.leases.acquire(LeaseRequest(context.session_id, context.token.name, token_limit,
+                                               limits.max_sessions))
 
     @staticmethod
     def _peer(connection: ServerConnection) -> str:
@@ -375,7 +389,7 @@ class SttServer:
             await connection.close(1011, "internal error")
         finally:
             self._runners.pop(connection, None)
-            self._release(connection)
+            await self._release(connection)
 
     async def _on_result(self, context: SessionContext, result: Result) -> None:
         """Journal each final before it is sent: on disk even if the client is gone."""
