@@ -315,7 +315,7 @@ class RedisLeases:
         if not self.reachability.observe(ok):
             return
         if ok:
-            self.log.info("redis reachable again: cluster-wide limits in force", held_sessions=len(self._held))
+            self.log.info("redis reachable again", held_sessions=len(self._held))
         else:
             self.log.warning("redis unreachable", on_redis_down=self.config.on_redis_down,
                              error=f"{type(error).__name__}: {error}" if error else None)
