@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -147,6 +148,9 @@ def _serve(config: Config, reload_config: Callable[[], Config], args: argparse.N
         worker = WorkerSetup(index=args.worker_index or 0, leases_file=state / LEASES_FILE,
                              metrics_dir=os.environ["PROMETHEUS_MULTIPROC_DIR"])
         structlog.contextvars.bind_contextvars(worker=worker.index)  # on every line of this worker
+        config = worker_journal(config, worker.index)
+        load_config, index = reload_config, worker.index
+        reload_config = lambda: worker_journal(load_config(), index)  # noqa: E731 - as a reload sees it
     elif config.server.workers > 1:
         return _supervise(config, args, first_token)
     try:
@@ -171,6 +175,16 @@ def _print_first_token(token: str, token_path: object, url: str) -> None:
     print(f"Created {token_path} with a new token (stored hashed; shown only now):\n"
           f"  {token}\n"
           f"Try it:\n  stt-client --url {url} --token {token} FILE.wav\n", flush=True)
+
+
+def worker_journal(config: Config, index: int) -> Config:
+    """Each worker appends to and rotates its own journal file (FILE.wN.jsonl): two processes
+    rotating one file would lose lines."""
+    if not config.journal.enabled:
+        return config
+    path = Path(config.journal.file)
+    own = path.with_name(f"{path.stem}.w{index}{path.suffix}")
+    return dataclasses.replace(config, journal=dataclasses.replace(config.journal, file=str(own)))
 
 
 def _supervise(config: Config, args: argparse.Namespace, first_token: str | None) -> int:
