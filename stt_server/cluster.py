@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .config import ClusterConfig
-from .errors import CapacityError
+from .errors import CapacityError, ConfigError
 
 # What each refusal says; "where" is "the server", "this box" or "the cluster".
 SERVER_LIMIT = "server_session_limit"
@@ -193,7 +193,15 @@ class BoxLeases:
             self._db.execute("UPDATE leases SET expires = ? WHERE owner = ?", (time.monotonic() + self.ttl, self.owner))
 
     async def acquire(self, request: LeaseRequest) -> None:
-        error = await asyncio.to_thread(self._take, request)
+        taking = asyncio.ensure_future(asyncio.to_thread(self._take, request))
+        try:
+            error = await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            # The handshake was cut (timeout, client gone) while the thread was taking the
+            # lease: let it finish, and give the lease back, or it would be refreshed forever.
+            if await taking is None:
+                await asyncio.to_thread(self._give_back, request.lease_id)
+            raise
         if error is not None:
             raise error
 
@@ -293,9 +301,13 @@ class RedisLeases:
         return int(self.config.lease_ttl_seconds * 1000)
 
     async def start(self) -> None:
-        import redis.asyncio as redis  # only when cluster.redis_url is set
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
+        try:  # only when cluster.redis_url is set
+            import redis.asyncio as redis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+        except ImportError:
+            raise ConfigError("cluster.redis_url is set but the redis package is not installed "
+                              "(pip install 'redis>=5')") from None
 
         timeout = self.config.redis_timeout_seconds
         # No retries inside the client: an unreachable Redis must cost one timeout, not several,
@@ -321,6 +333,8 @@ class RedisLeases:
                              error=f"{type(error).__name__}: {error}" if error else None)
 
     async def acquire(self, request: LeaseRequest) -> None:
+        """A handshake cancelled while the script runs may leave a lease in Redis that is not in
+        ``_held``: nobody refreshes it, so it expires within lease_ttl_seconds."""
         from redis.exceptions import RedisError
 
         try:
@@ -381,8 +395,10 @@ class RedisLeases:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None
-        for lease_id in list(self._held):
-            await self.release(lease_id)
+        if self.reachability.up:  # else they expire on their own; don't wait a timeout for each
+            for lease_id in list(self._held):
+                await self.release(lease_id)
+        self._held.clear()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
