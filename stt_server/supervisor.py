@@ -50,8 +50,8 @@ class RestartPolicy:
     max_delay: float = 30.0
     # A worker that ran this long had a real life: its next failure starts the backoff afresh.
     stable_after: float = 30.0
-    # Failures in a row, each within stable_after of its start, before the supervisor gives up
-    # (and stops every worker, exit 3) so that the service manager sees the failure.
+    # Failures in a row, each within stable_after of its start, after which the supervisor
+    # gives up (and stops every worker, exit 3) so that the service manager sees the failure.
     max_quick_failures: int = 5
 
     def failures_after(self, previous_failures: int, uptime: float) -> int:
@@ -60,7 +60,7 @@ class RestartPolicy:
 
     def delay(self, failures: int) -> float | None:
         """Seconds to wait before the restart; None: give up."""
-        if failures > self.max_quick_failures:
+        if failures >= self.max_quick_failures:
             return None
         return min(self.max_delay, self.first_delay * 2 ** (failures - 1))
 

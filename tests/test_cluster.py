@@ -51,12 +51,12 @@ def test_reachability_reports_each_change_once() -> None:
 def test_restart_policy_backs_off_then_gives_up_and_forgives_a_long_life() -> None:
     policy = RestartPolicy(first_delay=0.5, max_delay=4.0, stable_after=30.0, max_quick_failures=4)
     failures, delays = 0, []
-    for _ in range(5):
+    for _ in range(4):
         failures = policy.failures_after(failures, uptime=1.0)
         delays.append(policy.delay(failures))
-    assert delays == [0.5, 1.0, 2.0, 4.0, None]
-    assert policy.failures_after(4, uptime=31.0) == 1  # it ran for a while: start afresh
-    assert RestartPolicy(max_delay=30).delay(5) == 8.0 and RestartPolicy(max_quick_failures=99).delay(20) == 30.0
+    assert delays == [0.5, 1.0, 2.0, None]  # the 4th failure in a row: give up
+    assert policy.failures_after(3, uptime=31.0) == 1  # it ran for a while: start afresh
+    assert RestartPolicy().delay(4) == 4.0 and RestartPolicy(max_quick_failures=99).delay(20) == 30.0
 
 
 async def test_local_leases_count_per_token_and_in_total() -> None:
