@@ -70,3 +70,35 @@ def test_sighup_and_sigterm_reach_every_worker_and_the_exit_code_says_how_they_e
         assert supervisor.run() == expected
         assert len(lines(marks, "up ")) == 2 and len(lines(marks, "hup ")) == 2
         assert {w.exit_code for w in supervisor.workers} == {worker_code}
+
+
+# A worker whose drain never ends: the first SIGTERM is noted, the second exits at once.
+SLOW_DRAIN = """
+import os, signal, sys, time
+marks = sys.argv[1]
+def on_term(*_):
+    if os.path.exists(marks) and f"drain {os.getpid()}" in open(marks).read():
+        os._exit(128 + signal.SIGTERM)
+    open(marks, "a").write(f"drain {os.getpid()}\\n")
+signal.signal(signal.SIGTERM, on_term)
+open(marks, "a").write(f"up {os.getpid()}\\n")
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_a_second_stop_signal_makes_every_worker_exit_at_once(tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    supervisor = Supervisor(2, lambda index, state: [sys.executable, "-c", SLOW_DRAIN, str(marks)],
+                            get_logger("test"), FAST)
+
+    def signal_when(count: int, prefix: str) -> None:
+        if len(lines(marks, prefix)) < count:
+            later(0.05, lambda: signal_when(count, prefix))
+            return
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal_when(2, "up ")  # the first: both start draining
+    signal_when(2, "drain ")  # the second, once both drain
+    assert supervisor.run() == 128 + signal.SIGTERM
+    assert {w.exit_code for w in supervisor.workers} == {128 + signal.SIGTERM}
