@@ -5,6 +5,7 @@ come back within the lease time, and a Redis outage follows cluster.on_redis_dow
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 
@@ -61,11 +62,23 @@ async def test_a_token_limit_holds_across_instances_and_a_killed_instance_frees_
         await ws.close()
 
 
-async def test_cluster_max_sessions_counts_every_instance(instances, redis_server) -> None:
-    a, b = await instances(clustered(redis_server.url, max_sessions=3), count=2)
-    held = [await websockets.connect(a.url("alice")), await websockets.connect(b.url("alice")),
-            await websockets.connect(a.url("nullonly"))]
-    assert await refusal_of(b.url("alice")) == (503, "cluster_session_limit")
+async def test_cluster_max_sessions_counts_every_instance_and_worker(instances, redis_server) -> None:
+    (a,) = await instances(clustered(redis_server.url, max_sessions=5))
+    (box,) = await instances(deep_merge(clustered(redis_server.url, max_sessions=5), {"server": {"workers": 2}}),
+                             listening=2)
+    held = [await websockets.connect(a.url("alice")), await websockets.connect(a.url("nullonly"))]
+    held += [await websockets.connect(box.url("alice")) for _ in range(3)]
+    await wait_until(lambda: len(box.named("session opened")) == 3, timeout=10, what="3 sessions on the box")
+    assert await refusal_of(a.url("alice")) == (503, "cluster_session_limit")
+    assert await refusal_of(box.url("alice")) == (503, "cluster_session_limit")
+    # A worker killed with -9: its box leases go at once, its Redis leases within the TTL.
+    victim = next(e for e in box.named("session opened"))["worker"]
+    pid = next(e["pid"] for e in box.named("worker started") if e["worker"] == victim)
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    while await refusal_of(a.url("alice")) is not None:
+        assert time.monotonic() - killed < LEASE_TTL + 3, "the killed worker's slots did not come back"
+        await asyncio.sleep(0.1)
     for ws in held:
         await ws.close()
 
