@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from . import __version__
 from . import providers as provider_registry
@@ -21,6 +24,9 @@ from .config import Config, load
 from .errors import ConfigError, ProviderError, SttServerError
 from .logs import configure, get_logger
 from .tokens import TokenStore, add_token, ensure_token_file, parse_token_file, revoke_token
+
+if TYPE_CHECKING:
+    from .server import WorkerSetup
 
 EXIT_CONFIG = 2
 
@@ -33,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, help="listen port, 0 for any free one (server.port)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="logging.level")
     parser.add_argument("--log-format", choices=["console", "json"], help="logging.format")
+    parser.add_argument("--workers", type=int, help="server processes sharing the port (server.workers)")
+    # Set by the supervisor on the workers it starts (supervisor.py); not for people.
+    parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-state", help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("serve", help="run the server (the default)")
     commands.add_parser("check-config", help="validate the config and exit")
@@ -53,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     pairs = {"server.host": args.host, "server.port": args.port, "logging.level": args.log_level,
-             "logging.format": args.log_format}
+             "logging.format": args.log_format, "server.workers": args.workers}
     return {key: value for key, value in pairs.items() if value is not None}
 
 
@@ -73,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _providers(config)
         if command == "tokens":
             return _tokens(config, args)
-        return _serve(config, lambda: load(args.config, overrides=_overrides(args)))
+        return _serve(config, lambda: load(args.config, overrides=_overrides(args)), args)
     except ConfigError as error:
         print(f"stt-server: invalid configuration: {error.message}", file=sys.stderr)
         return EXIT_CONFIG
@@ -125,13 +135,28 @@ def _tokens(config: Config, args: argparse.Namespace) -> int:
     return 1
 
 
-def _serve(config: Config, reload_config: Callable[[], Config]) -> int:
+def _serve(config: Config, reload_config: Callable[[], Config], args: argparse.Namespace) -> int:
     configure(config.logging.level, config.logging.format)
     log = get_logger("stt_server.cli")
     token_path = config.resolve_path(config.tokens.file)
     first_token = ensure_token_file(token_path) if config.tokens.create_if_missing else None
+    worker = None
+    if args.worker_state is not None:
+        from .server import WorkerSetup
+        from .supervisor import LEASES_FILE
+
+        state = Path(args.worker_state)
+        # PROMETHEUS_MULTIPROC_DIR is set by the supervisor; prometheus_client read it at import.
+        worker = WorkerSetup(index=args.worker_index or 0, leases_file=state / LEASES_FILE,
+                             metrics_dir=os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        structlog.contextvars.bind_contextvars(worker=worker.index)  # on every line of this worker
+        config = worker_journal(config, worker.index)
+        load_config, index = reload_config, worker.index
+        reload_config = lambda: worker_journal(load_config(), index)  # noqa: E731 - as a reload sees it
+    elif config.server.workers > 1:
+        return _supervise(config, args, first_token)
     try:
-        return asyncio.run(_run(config, TokenStore(token_path), reload_config, first_token))
+        return asyncio.run(_run(config, TokenStore(token_path), reload_config, first_token, worker))
     except KeyboardInterrupt:
         return 130
     except SttServerError as error:
@@ -175,13 +200,45 @@ def _print_how_to_connect(token_path: object, url: str) -> None:
           f"or open the kiosk page:\n  {page}\n", flush=True)
 
 
+def worker_journal(config: Config, index: int) -> Config:
+    """Each worker appends to and rotates its own journal file (FILE.wN.jsonl): two processes
+    rotating one file would lose lines."""
+    if not config.journal.enabled:
+        return config
+    path = Path(config.journal.file)
+    own = path.with_name(f"{path.stem}.w{index}{path.suffix}")
+    return dataclasses.replace(config, journal=dataclasses.replace(config.journal, file=str(own)))
+
+
+def _supervise(config: Config, args: argparse.Namespace, first_token: str | None) -> int:
+    """``server.workers`` > 1: this process supervises the workers (supervisor.py)."""
+    from .supervisor import Supervisor, reserve_port, worker_command
+
+    log = get_logger("stt_server.supervisor")
+    port, holder = reserve_port(config.server.host, config.server.port)
+    options = [*(["--config", args.config] if args.config else []),
+               *(["--host", args.host] if args.host else []),
+               *(["--log-level", args.log_level] if args.log_level else []),
+               *(["--log-format", args.log_format] if args.log_format else [])]
+    log.info("starting workers", workers=config.server.workers, port=port)
+    if first_token is not None:
+        host = config.server.host
+        _print_first_token(first_token, config.resolve_path(config.tokens.file),
+                           f"ws://{'[' + host + ']' if ':' in host else host}:{port}")
+    try:
+        return Supervisor(config.server.workers, worker_command(options, port), log).run()
+    finally:
+        if holder is not None:
+            holder.close()
+
+
 async def _run(config: Config, tokens: TokenStore, reload_config: Callable[[], Config],
-               first_token: str | None = None) -> int:
+               first_token: str | None = None, worker: WorkerSetup | None = None) -> int:
     """Serve until SIGTERM or SIGINT, then drain; SIGHUP reloads; a second stop signal exits at once."""
     from .server import SttServer  # imports websockets and numpy: not needed for `tokens`
 
     log = get_logger("stt_server.cli")
-    server = SttServer(config, tokens=tokens)
+    server = SttServer(config, tokens=tokens, worker=worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

@@ -61,9 +61,13 @@ class ServerConfig:
     # Graceful shutdown (SIGTERM/SIGINT): how long open sessions get to finish the audio they
     # have sent before they are cut and the process exits. Keep systemd's TimeoutStopSec above it.
     drain_timeout_seconds: float = 30.0
+    # Server processes on this box sharing the port (SO_REUSEPORT), started and supervised by a
+    # main process. 1 = one process, no supervisor. Each worker loads its own engines.
+    workers: int = 1
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "server.port", "must be between 0 and 65535")
+        _check(1 <= self.workers <= 64, "server.workers", "must be between 1 and 64")
         _check(self.max_message_bytes >= 1024, "server.max_message_bytes", "must be at least 1024")
         _check(self.flush_timeout_seconds > 0, "server.flush_timeout_seconds", "must be positive")
         _check(0 < self.drain_timeout_seconds <= 3600, "server.drain_timeout_seconds", "must be in (0, 3600]")
@@ -186,6 +190,33 @@ class JournalConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Session limits shared by every instance through Redis (optional)."""
+
+    # redis://[:password@]host:port/db (or rediss:// for TLS); "" = limits count this box only.
+    redis_url: str = ""
+    # Prefix of the Redis keys; instances sharing it share the counts.
+    key_prefix: str = "stt_server"
+    # Open sessions across all instances (0 = no limit); limits.max_sessions still holds per box.
+    max_sessions: int = 0
+    # A lease on a session slot lives this long unless its instance refreshes it (every third of
+    # it): the slots of a killed instance come back within this time.
+    lease_ttl_seconds: float = 15.0
+    # Redis unreachable: admit sessions (limits per box only, logged) or refuse them with 503.
+    on_redis_down: Literal["admit", "refuse"] = "admit"
+    # Longest wait for one Redis command (and for connecting) before Redis counts as down.
+    redis_timeout_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(not self.redis_url or self.redis_url.startswith(("redis://", "rediss://", "unix://")),
+               "cluster.redis_url", f"{self.redis_url!r} is not a redis://, rediss:// or unix:// URL")
+        _check(bool(self.key_prefix.strip()), "cluster.key_prefix", "must not be empty")
+        _check(self.max_sessions >= 0, "cluster.max_sessions", "must be 0 (no limit) or positive")
+        _check(0.5 <= self.lease_ttl_seconds <= 3600, "cluster.lease_ttl_seconds", "must be in [0.5, 3600]")
+        _check(0 < self.redis_timeout_seconds <= 60, "cluster.redis_timeout_seconds", "must be in (0, 60]")
+
+
+@dataclass(frozen=True)
 class TokensConfig:
     # Token file; a relative path is taken relative to the config file's folder.
     file: str = "tokens.txt"
@@ -239,6 +270,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     tls: TlsConfig = TlsConfig()
     journal: JournalConfig = JournalConfig()
+    cluster: ClusterConfig = ClusterConfig()
     providers: tuple[ProviderConfig, ...] = tuple(
         ProviderConfig(name, enabled) for name, enabled in BUILTIN_PROVIDER_DEFAULTS.items()
     )

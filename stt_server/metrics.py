@@ -1,7 +1,10 @@
 """Prometheus metrics: one :class:`Metrics` (and one registry) per server instance.
 
 Not the global default registry: tests run several servers in one process, and each must
-report only what it did. The session code sees a small :class:`SessionMetrics` whose label
+report only what it did. With ``server.workers`` > 1 every worker writes its samples to files
+in the supervisor's folder (prometheus_client's multiprocess mode, chosen by the
+``PROMETHEUS_MULTIPROC_DIR`` the supervisor sets before the worker starts) and ``/metrics`` on
+any worker renders the sum over all of them. The session code sees a small :class:`SessionMetrics` whose label
 children are bound once per session, so counting a frame is a dict-free increment.
 """
 
@@ -12,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from .results import Result
 
@@ -29,10 +33,13 @@ INFERENCE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        """``multiprocess_dir``: the workers' shared folder (PROMETHEUS_MULTIPROC_DIR), or None."""
+        self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry()
         r = self.registry
-        self.sessions_active = Gauge("stt_sessions_active", "Open sessions.", ["provider"], registry=r)
+        self.sessions_active = Gauge("stt_sessions_active", "Open sessions.", ["provider"], registry=r,
+                                     multiprocess_mode="livesum")  # workers: the box's total
         self.sessions_opened = Counter("stt_sessions_opened", "Sessions opened (upgrade accepted).",
                                        ["provider"], registry=r)
         self.sessions_closed = Counter("stt_sessions_closed", "Sessions ended, by websocket close code.",
@@ -59,7 +66,8 @@ class Metrics:
                                         buckets=LATENCY_BUCKETS, registry=r)
         self.journal_errors = Counter("stt_journal_errors", "Finals that could not be written to the "
                                       "transcript journal.", registry=r)
-        self.draining = Gauge("stt_draining", "1 while the server is draining for shutdown.", registry=r)
+        self.draining = Gauge("stt_draining", "1 while the server is draining for shutdown.", registry=r,
+                              multiprocess_mode="livemax")  # workers: 1 while any worker drains
         # The engine under load: backpressure, queues, batches, and audio lost (must stay 0).
         self.held_seconds = Counter("stt_backpressure_seconds", "Time sessions stopped reading their socket "
                                     "because the engine was behind on their audio.", ["provider"], registry=r)
@@ -79,7 +87,11 @@ class Metrics:
                                     buckets=BATCH_BUCKETS, registry=r)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self.multiprocess_dir)
+        return generate_latest(merged)
 
     def session(self, provider: str) -> SessionMetrics:
         return SessionMetrics(self, provider)

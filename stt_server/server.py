@@ -12,9 +12,11 @@ import asyncio
 import http
 import math
 import json
+import os
 import ssl
-from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlencode
 
@@ -26,6 +28,7 @@ from websockets.typing import Subprotocol
 
 from . import providers as provider_registry
 from . import web
+from .cluster import LeaseRequest, session_leases
 from .config import Config
 from .errors import AuthError, CapacityError, ConfigError, ForbiddenError, ProviderError, SttServerError
 from .handshake import (
@@ -110,13 +113,27 @@ def _load_certificate(context: ssl.SSLContext, config: Config) -> None:
                           f"and key {key}: {exc}") from None
 
 
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What the supervisor gives each worker: the box's shared lease file and metrics folder."""
+
+    index: int
+    leases_file: Path
+    metrics_dir: str
+
+
 class SttServer:
-    def __init__(self, config: Config, *, tokens: TokenStore, providers: Mapping[str, Provider] | None = None) -> None:
+    def __init__(self, config: Config, *, tokens: TokenStore, providers: Mapping[str, Provider] | None = None,
+                 worker: WorkerSetup | None = None) -> None:
+        """``worker``: set when this server is one of ``server.workers`` processes on the box."""
         self.config = config
         self.tokens = tokens
         self.providers: dict[str, Provider] = dict(providers or {})
         self.log = get_logger("stt_server.server")
-        self.metrics = Metrics()
+        self.worker = worker
+        self.metrics = Metrics(multiprocess_dir=worker.metrics_dir if worker else None)
+        self.leases = session_leases(config.cluster, box_file=worker.leases_file if worker else None,
+                                     logger=self.log)
         self.journal: Journal | None = None
         self.draining = False
         self._server: Server | None = None
@@ -124,7 +141,6 @@ class SttServer:
         self._contexts: dict[ServerConnection, SessionContext] = {}
         # "/" upgrades whose admission waits for the first message: target, headers, the refusal.
         self._after_upgrade: dict[ServerConnection, tuple[str, Headers, SttServerError]] = {}
-        self._sessions_by_token: Counter[str] = Counter()
         self._runners: dict[ServerConnection, tuple[SessionRunner, asyncio.Task[Any]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -161,6 +177,7 @@ class SttServer:
         self._log_token_problems()
         self._ssl = tls_context(self.config)  # before the engines: a bad path fails fast
         await self.load_providers()
+        await self.leases.start()
         if self.config.journal.enabled:
             journal = self.config.journal
             self.journal = Journal(self.config.resolve_path(journal.file), max_bytes=journal.max_bytes,
@@ -191,9 +208,11 @@ class SttServer:
             # Frames websockets reads ahead of the session: small, so that when a session stops
             # reading (backpressure) TCP pushes back on the sender at once.
             max_queue=READ_AHEAD_FRAMES,
+            # Workers share the port; the kernel spreads new connections over them.
+            reuse_port=self.worker is not None,
         )
         self.log.info("listening", url=self.url, providers=sorted(self.providers),
-                      journal=str(self.journal.path) if self.journal else None)
+                      journal=str(self.journal.path) if self.journal else None, pid=os.getpid())
 
     @property
     def port(self) -> int:
@@ -217,6 +236,7 @@ class SttServer:
         if self.journal is not None:
             await self.journal.close()
             self.journal = None
+        await self.leases.close()
 
     async def drain(self, timeout: float | None = None) -> bool:
         """Graceful shutdown: refuse new sessions (503, /readyz 503), tell each open session,
@@ -270,7 +290,7 @@ class SttServer:
                             subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
         return Subprotocol(TOKEN_SUBPROTOCOL) if TOKEN_SUBPROTOCOL in subprotocols else None
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
             return json_response(http.HTTPStatus.OK, b'{"status":"ok"}\n')
@@ -296,7 +316,14 @@ class SttServer:
                 providers=self.providers.keys(), peer=self._peer(connection),
             )
             self.providers[context.params.provider].check_session(context.params)
-            self._check_capacity(context)
+            self._check_engine_load(context)
+            if "Upgrade" not in request.headers and web.asks_for_check(request.path):
+                # A dry run: browsers hide a refused upgrade's body, so the kiosk page asks first
+                # with a plain GET and shows the server's own reason. Nothing is reserved.
+                body = {"status": "ok", "provider": context.params.provider, "language": context.params.language}
+                return json_response(http.HTTPStatus.OK, json.dumps(body).encode() + b"\n",
+                                     {"Cache-Control": "no-store"})
+            await self._take_lease(context)
         except SttServerError as error:
             if self._admits_after_upgrade(path, request, error):
                 self._after_upgrade[connection] = (request.path, request.headers, error)
@@ -305,17 +332,11 @@ class SttServer:
                           path=path, peer=self._peer(connection))
             self.metrics.refused(error.code, auth=isinstance(error, AuthError))
             return error_response(error)
-        if "Upgrade" not in request.headers and web.asks_for_check(request.path):
-            # A dry run: browsers hide a refused upgrade's body, so the kiosk page asks first
-            # with a plain GET and shows the server's own reason. Nothing is reserved.
-            body = {"status": "ok", "provider": context.params.provider, "language": context.params.language}
-            return json_response(http.HTTPStatus.OK, json.dumps(body).encode() + b"\n", {"Cache-Control": "no-store"})
         self._admit(connection, context)
         return None
 
     def _admit(self, connection: ServerConnection, context: SessionContext) -> None:
         self._contexts[connection] = context
-        self._sessions_by_token[context.token.name] += 1
 
     @staticmethod
     def _admits_after_upgrade(path: str, request: Request, error: SttServerError) -> bool:
@@ -351,7 +372,8 @@ class SttServer:
             context = accept_session(target, headers, config=self.config, tokens=self.tokens.table,
                                      providers=self.providers.keys(), peer=self._peer(connection))
             self.providers[context.params.provider].check_session(context.params)
-            self._check_capacity(context)
+            self._check_engine_load(context)
+            await self._take_lease(context)
         except SttServerError as refused:
             self.log.info("session refused after the upgrade", code=refused.code, peer=self._peer(connection))
             self.metrics.refused(refused.code, auth=isinstance(refused, AuthError))
@@ -387,19 +409,16 @@ class SttServer:
             self.tokens.authenticate(token_from_request(request.path, request.headers,
                                                         offered_subprotocols(request.headers)))
 
-    def _process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
+    async def _process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
         # A handshake that failed after process_request accepted it never reaches _handle.
         if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
             self._after_upgrade.pop(connection, None)
-            self._release(connection)
+            await self._release(connection)
 
-    def _release(self, connection: ServerConnection) -> None:
+    async def _release(self, connection: ServerConnection) -> None:
         context = self._contexts.pop(connection, None)
-        if context is None:
-            return
-        self._sessions_by_token[context.token.name] -= 1
-        if self._sessions_by_token[context.token.name] <= 0:
-            del self._sessions_by_token[context.token.name]
+        if context is not None:
+            await self.leases.release(context.session_id)
 
     def _providers_response(self, request: Request) -> Response:
         """The kiosk page's menu. No token needed; a presented token narrows the list to what
@@ -427,21 +446,22 @@ class SttServer:
                 behind.append((name, stats.estimated_wait))
         return behind
 
-    def _check_capacity(self, context: SessionContext) -> None:
-        limits = self.config.limits
+    def _check_engine_load(self, context: SessionContext) -> None:
+        """503 engine_busy while the session's engine is too far behind (before any lease)."""
         for name, wait in self._engines_behind():
             if name == context.params.provider:
                 raise CapacityError(f"the {name} engine is behind ({wait:.0f} s of queued audio to "
                                     "transcribe); retry later", code="engine_busy",
                                     retry_after=math.ceil(wait))
-        if limits.max_sessions and len(self._contexts) >= limits.max_sessions:
-            raise CapacityError(f"the server already has {limits.max_sessions} open sessions",
-                                code="server_session_limit")
+
+    async def _take_lease(self, context: SessionContext) -> None:
+        """A slot for this session in the lease store: this process, this box, or the cluster
+        (cluster.py); CapacityError when a limit is reached or Redis is down and says refuse."""
+        limits = self.config.limits
         # The token file's max_sessions wins over the config's default for every token.
-        limit = context.token.max_sessions or limits.max_sessions_per_token
-        if limit and self._sessions_by_token[context.token.name] >= limit:
-            raise CapacityError(f"token {context.token.name!r} already has {limit} open sessions",
-                                code="token_session_limit")
+        token_limit = context.token.max_sessions or limits.max_sessions_per_token
+        await self.leases.acquire(LeaseRequest(context.session_id, context.token.name, token_limit,
+                                               limits.max_sessions))
 
     @staticmethod
     def _peer(connection: ServerConnection) -> str:
@@ -494,11 +514,11 @@ class SttServer:
             await connection.close(1011, "internal error")
         finally:
             self._runners.pop(connection, None)
-            self._release(connection)
+            await self._release(connection)
 
     async def _release_when_closed(self, connection: ServerConnection) -> None:
         await connection.wait_closed()
-        self._release(connection)
+        await self._release(connection)
 
     async def _on_result(self, context: SessionContext, result: Result) -> None:
         """Journal each final before it is sent: on disk even if the client is gone."""
