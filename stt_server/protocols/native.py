@@ -54,6 +54,9 @@ def results_message(result: Result, *, include_words: bool = True) -> dict[str, 
         {"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3), "confidence": round(w.confidence, 4)}
         for w in result.words
     ] if include_words else []
+    if result.language is not None:
+        # Deepgram's multilingual shape: the languages heard in this alternative.
+        alternative["languages"] = [result.language]
     message: dict[str, Any] = {
         "type": "Results",
         "is_final": result.is_final,

