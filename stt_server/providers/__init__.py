@@ -72,7 +72,7 @@ def create(entry: ProviderConfig, specs: Mapping[str, ProviderSpec], source: str
     cls = load_class(spec)
     raw = dict(entry.options)
     # Values that are names rather than paths (a model name such as "tiny.en") stay as they are.
-    not_paths = getattr(cls, "not_paths", frozenset())
+    not_paths: frozenset[str] = getattr(cls, "not_paths", frozenset())
     for name in cls.path_options:
         value = raw.get(name)
         if isinstance(value, str) and value and value not in not_paths:
