@@ -159,8 +159,9 @@ def _tokens(config: Config, args: argparse.Namespace) -> int:
         entries, problems = parse_token_file(path.read_text(encoding="utf-8"))
         for entry in entries:
             allowed = ",".join(sorted(entry.providers)) if entry.providers else "all"
-            models = ",".join(entry.models) if entry.models else "all"
-            print(f"{entry.name:20} providers={allowed} models={models} max_sessions={entry.max_sessions or '-'}")
+            allowed_models = ",".join(entry.models) if entry.models else "all"
+            print(f"{entry.name:20} providers={allowed} models={allowed_models} "
+                  f"max_sessions={entry.max_sessions or '-'}")
         for problem in problems:
             print(f"{path}:{problem.line}: {problem.message}", file=sys.stderr)
         return 0

@@ -85,9 +85,9 @@ def accept_session(
     entry = tokens.authenticate(token)
     tokens.check_provider(entry, params.provider)
     if entry.models is not None:
-        if params.model is None:
-            params = replace(params, model=entry.models[0])
-        tokens.check_model(entry, params.model)
+        model = params.model or entry.models[0]
+        tokens.check_model(entry, model)
+        params = replace(params, model=model)
     return SessionContext(session_id=uuid.uuid4().hex, params=params, token=entry, peer=peer)
 
 
