@@ -93,7 +93,9 @@ async def test_language_given_and_detected(multilingual: LiveServer, language: s
     assert given.of_type("Metadata")[0]["model_info"]["detect_language"] is False
     # Deepgram's shape: the detected language in each alternative; none when it was given.
     for final in detected.finals:
-        assert final["channel"]["alternatives"][0]["languages"] == [language]
+        alternative = final["channel"]["alternatives"][0]
+        assert alternative["languages"] == [language]
+        assert alternative["words"] and {w["language"] for w in alternative["words"]} == {language}
     assert detected.finals
     assert all("languages" not in final["channel"]["alternatives"][0] for final in given.finals)
 

