@@ -182,3 +182,17 @@ def test_utterance_options_and_clamp() -> None:
     assert (on.silence_samples, on.speech_final, on.max_samples) == (12800, True, 320000)
     assert (off.silence_samples, off.speech_final) == (32000, False)
     assert clamp(1.0000001) == 1.0 and clamp(-0.1) == 0.0
+
+
+def test_an_unwritable_cache_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ProviderError) as info:
+        wm.resolve("base", blocker / "cache")
+    assert info.value.code == "model_cache_error" and "model_cache_dir" in info.value.message
+
+
+def test_default_cache_dir() -> None:
+    assert wm.default_cache_dir({"CACHE_DIRECTORY": "/var/cache/stt-server"}) == Path("/var/cache/stt-server")
+    assert wm.default_cache_dir({"XDG_CACHE_HOME": "/x"}) == Path("/x/stt_server")
+    assert wm.default_cache_dir({}) == Path("~/.cache/stt_server").expanduser()

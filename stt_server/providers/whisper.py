@@ -60,7 +60,8 @@ class WhisperOptions:
     model: str = "tiny.en"
     # More models a session may pick with ?model= (names or directories); each is loaded once.
     models: tuple[str, ...] = ()
-    # Where split models (base) are joined once; "" = $XDG_CACHE_HOME/stt_server or ~/.cache/stt_server.
+    # Where split models (base) are joined once; "" = $CACHE_DIRECTORY (systemd), else
+    # $XDG_CACHE_HOME/stt_server, else ~/.cache/stt_server.
     model_cache_dir: str = ""
     # Where CTranslate2 runs the model.
     device: Literal["cpu", "cuda", "auto"] = "cpu"

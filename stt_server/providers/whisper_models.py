@@ -103,8 +103,11 @@ DEFAULT_MODEL = "tiny.en"
 
 
 def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """``$XDG_CACHE_HOME/stt_server``, else ``~/.cache/stt_server`` (as platformdirs on Linux)."""
+    """``$CACHE_DIRECTORY`` (systemd's ``CacheDirectory=``), else ``$XDG_CACHE_HOME/stt_server``,
+    else ``~/.cache/stt_server`` (as platformdirs on Linux)."""
     env = os.environ if environ is None else environ
+    if env.get("CACHE_DIRECTORY"):
+        return Path(env["CACHE_DIRECTORY"].split(":")[0])
     base = env.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
     return Path(base) / "stt_server"
 
@@ -197,8 +200,13 @@ def assemble(model: KnownModel, cache_dir: Path) -> Path:
             return target
         # A copy damaged after it was checked (disk, a hand edit): the packages are the source.
         shutil.rmtree(target, ignore_errors=True)
-    return join_files(sources, model.files, target, what=f"whisper model {model.name!r}",
-                      hint=model.install_hint())
+    try:
+        return join_files(sources, model.files, target, what=f"whisper model {model.name!r}",
+                          hint=model.install_hint())
+    except OSError as exc:  # an unwritable or full cache: say where, and how to move it
+        raise ProviderError(f"whisper model {model.name!r}: cannot write the joined model to {cache_dir}: "
+                            f"{exc.strerror or exc}; set providers.whisper.model_cache_dir to a writable folder",
+                            code="model_cache_error") from None
 
 
 def _problems(folder: Path, files: Sequence[PackagedFile]) -> list[str]:
