@@ -137,6 +137,8 @@ def test_describe_lists_languages_per_model(multilingual: LiveServer) -> None:
     base = facts["models"]["base"]
     assert base["multilingual"] is True and len(base["languages"]) == 99
     assert {"de", "fr", "es", "en"} <= set(base["languages"])
+    provider = multilingual.server.providers["whisper"]
+    assert provider.model_languages()["tiny.en"] == ["en"] and "de" in provider.languages()
     # Joined into the configured cache, not next to the packages.
     assert base["path"].startswith(str(multilingual.token_file.parent / "cache"))
 

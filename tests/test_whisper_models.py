@@ -196,3 +196,10 @@ def test_default_cache_dir() -> None:
     assert wm.default_cache_dir({"CACHE_DIRECTORY": "/var/cache/stt-server"}) == Path("/var/cache/stt-server")
     assert wm.default_cache_dir({"XDG_CACHE_HOME": "/x"}) == Path("/x/stt_server")
     assert wm.default_cache_dir({}) == Path("~/.cache/stt_server").expanduser()
+
+
+def test_two_models_with_one_name_are_refused(tmp_path: Path) -> None:
+    provider = WhisperProvider(WhisperOptions(model="tiny.en", models=("tiny.en", str(tmp_path / "base"))))
+    with pytest.raises(ProviderError, match="both called 'base'"):
+        WhisperProvider(WhisperOptions(model="base", models=(str(tmp_path / "base"),))).model_specs()
+    assert provider.model_specs() == {"tiny.en": "tiny.en", "base": str(tmp_path / "base")}

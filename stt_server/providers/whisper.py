@@ -628,12 +628,22 @@ class WhisperProvider(Provider):
         specs = {self.default_model: self.options.model or whisper_models.DEFAULT_MODEL}
         for spec in self.options.models:
             key = model_key(spec)
-            if key in specs and specs[key] != spec and model_key(specs[key]) == key:
-                if Path(specs[key]).expanduser() != Path(spec).expanduser():
-                    raise ProviderError(f"whisper: two enabled models are both called {key!r} "
-                                        f"({specs[key]} and {spec}); rename one folder")
-            specs.setdefault(key, spec)
+            existing = specs.setdefault(key, spec)
+            if existing != spec and Path(existing).expanduser() != Path(spec).expanduser():
+                raise ProviderError(f"whisper: two enabled models are both called {key!r} "
+                                    f"({existing} and {spec}); rename one folder")
         return specs
+
+    def languages(self) -> list[str]:
+        """Every language some enabled model serves (the default model's first)."""
+        merged: dict[str, None] = {}
+        for loaded in self.models.values():
+            merged.update(dict.fromkeys(loaded.languages))
+        return list(merged)
+
+    def model_languages(self) -> dict[str, list[str]]:
+        """Enabled model name → the languages it serves (what ?model= and ?language= may pair)."""
+        return {name: list(loaded.languages) for name, loaded in self.models.items()}
 
     async def start(self) -> None:
         options = self.options
