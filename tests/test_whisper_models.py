@@ -139,6 +139,8 @@ def test_compute_type_default_is_int8_on_cpu() -> None:
     assert effective_compute_type("default", "cpu") == "int8"
     assert effective_compute_type("default", "cuda") == "default"
     assert effective_compute_type("float32", "cpu") == "float32"
+    assert effective_compute_type("default", "auto", cuda_devices=0) == "int8"
+    assert effective_compute_type("default", "auto", cuda_devices=1) == "default"
     assert WhisperProvider(WhisperOptions(compute_type="default")).compute_type == "int8"
 
 

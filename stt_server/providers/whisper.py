@@ -810,9 +810,16 @@ class WhisperProvider(Provider):
         return time.perf_counter() - began
 
 
-def effective_compute_type(compute_type: str, device: str) -> str:
+def effective_compute_type(compute_type: str, device: str, cuda_devices: int | None = None) -> str:
     """"default" on CPU → int8: CTranslate2 would otherwise run the float16-stored weights as
-    float32 on a CPU, 1.5-2x slower and ~180 MiB bigger for the same words (REFERENCE.md)."""
-    if compute_type == "default" and device == "cpu":
-        return "int8"
-    return compute_type
+    float32 on a CPU, 1.5-2x slower and ~180 MiB bigger for the same words (REFERENCE.md).
+    ``device: auto`` is a CPU when CTranslate2 sees no CUDA device."""
+    if compute_type != "default":
+        return compute_type
+    if device == "auto":
+        if cuda_devices is None:
+            import ctranslate2
+
+            cuda_devices = ctranslate2.get_cuda_device_count()
+        device = "cuda" if cuda_devices else "cpu"
+    return "int8" if device == "cpu" else compute_type
