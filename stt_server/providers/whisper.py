@@ -655,21 +655,22 @@ class WhisperProvider(Provider):
         self._vad_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper-vad")
         path = ""
         try:
+            self.vad_session = await loop.run_in_executor(self._pool, self._load_vad)
             for key, spec in specs.items():
                 # Joining a split model hashes 145 MB: off the event loop like the load itself.
                 path = str(await loop.run_in_executor(self._pool, whisper_models.resolve, spec, cache_dir))
-                model, vad = await loop.run_in_executor(self._pool, self._load, path)
+                model = await loop.run_in_executor(self._pool, self._load, path)
                 facts = await loop.run_in_executor(self._pool, whisper_models.read_facts, Path(path))
                 multilingual = bool(model.model.is_multilingual)
                 languages = facts.languages if multilingual == facts.multilingual else (
                     tuple(model.supported_languages))
                 self.models[key] = LoadedModel(key, path, model, multilingual, languages, facts.size_bytes)
-                self.vad_session = self.vad_session or vad
             self.model = self.models[self.default_model].model
             # Warm up, so the first session does not pay for lazy initialisation.
-            warm_up_seconds = 0.0
+            warm_up_seconds = 0.0  # the slowest model's, so interims start cautious
             for loaded in self.models.values():
-                warm_up_seconds = await loop.run_in_executor(self._pool, self._warm_up, loaded.model)
+                warm_up_seconds = max(warm_up_seconds,
+                                      await loop.run_in_executor(self._pool, self._warm_up, loaded.model))
         except ProviderError:
             await self.stop()
             raise
@@ -787,17 +788,21 @@ class WhisperProvider(Provider):
 
     # -- blocking helpers (worker threads)
 
-    def _load(self, path: str) -> tuple[Any, Any]:
+    def _load(self, path: str) -> Any:
+        """A model directory (never a name: faster-whisper would download one) → the model."""
         from faster_whisper import WhisperModel
+
+        options = self.options
+        return WhisperModel(path, device=options.device, compute_type=self.compute_type,
+                            num_workers=options.workers, cpu_threads=options.cpu_threads,
+                            local_files_only=True)
+
+    @staticmethod
+    def _load_vad() -> Any:
         from faster_whisper.utils import get_assets_path
         from faster_whisper.vad import SileroVADModel
 
-        options = self.options
-        model = WhisperModel(path, device=options.device, compute_type=self.compute_type,
-                             num_workers=options.workers, cpu_threads=options.cpu_threads,
-                             local_files_only=True)
-        vad = SileroVADModel(os.path.join(get_assets_path(), "silero_vad_v6.onnx"))
-        return model, vad.session
+        return SileroVADModel(os.path.join(get_assets_path(), "silero_vad_v6.onnx")).session
 
     def _warm_up(self, model: Any) -> float:
         """One decode of a second of tone, without VAD (which would skip it); returns seconds."""
