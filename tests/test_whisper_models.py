@@ -205,3 +205,16 @@ def test_two_models_with_one_name_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ProviderError, match="both called 'base'"):
         WhisperProvider(WhisperOptions(model="base", models=(str(tmp_path / "base"),))).model_specs()
     assert provider.model_specs() == {"tiny.en": "tiny.en", "base": str(tmp_path / "base")}
+
+
+def test_cli_tokens_add_with_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from stt_server.cli import main
+
+    config = tmp_path / "config.yaml"
+    config.write_text("tokens:\n  file: tokens.txt\n")
+    assert main(["--config", str(config), "tokens", "add", "berlin", "--models", "base,tiny.en"]) == 0
+    token = capsys.readouterr().out.strip()
+    entries, _ = parse_token_file((tmp_path / "tokens.txt").read_text())
+    assert entries[0].models == ("base", "tiny.en") and token not in (tmp_path / "tokens.txt").read_text()
+    assert main(["--config", str(config), "tokens", "list"]) == 0
+    assert "models=base,tiny.en" in capsys.readouterr().out
