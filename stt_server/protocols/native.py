@@ -107,6 +107,13 @@ class ResultsMessage:
     def to_frame(self) -> str:
         result = self.result
         words = [self._word(w) for w in result.words] if self.include_words else []
+        alternative: dict[str, Any] = {"transcript": result.text, "confidence": round(result.confidence, 4),
+                                       "words": words}
+        if result.language is not None:
+            # Deepgram's multilingual shape: the languages heard in this alternative, and per word.
+            alternative["languages"] = [result.language]
+            for word in words:
+                word["language"] = result.language
         message: dict[str, Any] = {
             "type": self.type,
             "channel_index": list(CHANNEL),
@@ -114,8 +121,7 @@ class ResultsMessage:
             "start": round(result.start, 3),
             "is_final": result.is_final,
             "speech_final": result.speech_final,
-            "channel": {"alternatives": [{"transcript": result.text, "confidence": round(result.confidence, 4),
-                                          "words": words}]},
+            "channel": {"alternatives": [alternative]},
             "metadata": {"request_id": self.request_id, "model_info": self.model.to_json(),
                          "model_uuid": self.model.uuid},
             "from_finalize": self.from_finalize,

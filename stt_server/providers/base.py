@@ -181,6 +181,10 @@ class Provider(ABC):
         """Facts for ``stt-server providers`` and Metadata (model, device...)."""
         return {}
 
+    def describe_session(self, session: SessionParams) -> Mapping[str, Any]:
+        """The facts for one session's Metadata (the model it picked, say); default describe()."""
+        return self.describe()
+
     @abstractmethod
     def open_stream(self, session: SessionParams, audio_format: AudioFormat) -> TranscriptionStream:
         """A new stream for one session; must not block."""

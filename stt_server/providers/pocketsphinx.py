@@ -48,10 +48,11 @@ from typing import Any, Literal
 
 from ..audio_format import AudioFormat
 from ..config import require, within
-from ..errors import CapacityError, ProviderError, RequestError
+from ..errors import CapacityError, ProviderError
 from ..results import Result, Word
 from ..session import SessionParams
 from .base import Provider, TranscriptionStream
+from .toolkit import Pcm16Aligner, match_language
 
 SAMPLE_RATE = 16_000
 # pocketsphinx computes one feature frame every 10 ms: seg() frame indices are 1/100 s.
@@ -116,10 +117,8 @@ class PocketsphinxOptions:
 
 def check_language(tag: str, languages: tuple[str, ...]) -> None:
     """Raise RequestError unless the tag's primary subtag ("en" of "en-US") is served."""
-    primary = tag.replace("_", "-").split("-")[0].lower()
-    if primary not in {language.lower() for language in languages}:
-        raise RequestError(f"language {tag!r} is not supported by the pocketsphinx model "
-                           f"(supported: {', '.join(languages)})", parameter="language")
+    match_language(tag, {language.lower() for language in languages}, detects=False,
+                   engine="the pocketsphinx model")
 
 
 # --------------------------------------------------------------------------- worker side
@@ -505,7 +504,7 @@ class PocketsphinxStream(TranscriptionStream):
         self._drained.set()
         self._waiters: dict[int, asyncio.Future[None]] = {}
         self._sequence = itertools.count(1)
-        self._odd_byte = b""
+        self._aligner = Pcm16Aligner()
         self._closing = False
         self._done = False
         if not worker.attach(self):
@@ -520,9 +519,7 @@ class PocketsphinxStream(TranscriptionStream):
     async def send_audio(self, audio: bytes) -> None:
         if self._done or self._closing:
             return
-        data = self._odd_byte + audio
-        self._odd_byte = data[len(data) - len(data) % 2:]
-        data = data[:len(data) - len(self._odd_byte)]
+        data = self._aligner.push(audio)
         if not data:
             return
         # Backpressure: a worker that falls behind slows its senders instead of queueing forever.
