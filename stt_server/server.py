@@ -317,13 +317,15 @@ class SttServer:
             )
             self.providers[context.params.provider].check_session(context.params)
             self._check_engine_load(context)
+            await self._take_lease(context)
             if "Upgrade" not in request.headers and web.asks_for_check(request.path):
                 # A dry run: browsers hide a refused upgrade's body, so the kiosk page asks first
-                # with a plain GET and shows the server's own reason. Nothing is reserved.
+                # with a plain GET and shows the server's own reason. The slot the check took to
+                # see whether one is free goes back at once.
+                await self.leases.release(context.session_id)
                 body = {"status": "ok", "provider": context.params.provider, "language": context.params.language}
                 return json_response(http.HTTPStatus.OK, json.dumps(body).encode() + b"\n",
                                      {"Cache-Control": "no-store"})
-            await self._take_lease(context)
         except SttServerError as error:
             if self._admits_after_upgrade(path, request, error):
                 self._after_upgrade[connection] = (request.path, request.headers, error)

@@ -140,7 +140,8 @@ def test_describe_lists_languages_per_model(multilingual: LiveServer) -> None:
     provider = multilingual.server.providers["whisper"]
     assert provider.model_languages()["tiny.en"] == ["en"] and "de" in provider.languages()
     # Joined into the configured cache, not next to the packages.
-    assert base["path"].startswith(str(multilingual.token_file.parent / "cache"))
+    assert provider.models["base"].path.startswith(str(multilingual.token_file.parent / "cache"))
+    assert "path" not in base  # describe() feeds Metadata: no server paths
 
 
 async def test_the_model_is_loaded_once_per_name(multilingual: LiveServer) -> None:
