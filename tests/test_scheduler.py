@@ -66,6 +66,7 @@ async def test_a_newer_interim_replaces_a_queued_one() -> None:
     old = asyncio.ensure_future(lane.run("old", priority=Priority.INTERIM))
     await asyncio.sleep(0)
     new = asyncio.ensure_future(lane.run("new", priority=Priority.INTERIM))
+    await asyncio.sleep(0.05)  # both are queued before anything runs
     engine.gate.set()
     with pytest.raises(Superseded):
         await old
