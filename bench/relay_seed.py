@@ -4,6 +4,7 @@
     python bench/relay_seed.py --closed 10 --duration 10
     python bench/relay_seed.py --open 1000 --rate 4
     python bench/relay_seed.py --url ws://127.0.0.1:8765 --token T --closed 10
+    python bench/relay_seed.py --workers 2 --closed 50 --open 1000   # server.workers: 2
 
 Each message is the seed client's ``{"action": "transcribe", "request_id": N, "voice_stream":
 <base64 of 4096 random bytes>}``; the server answers each with one reply envelope.
@@ -15,7 +16,8 @@ Each message is the seed client's ``{"action": "transcribe", "request_id": N, "v
 
 Without ``--url`` the server runs in a subprocess (null provider, passthrough, a token file
 in a temporary folder), so the load generator (this process) and the server do not share a
-Python interpreter; its RSS is read from /proc. Loopback only; every loop is bounded by
+Python interpreter; its RSS and CPU are read from /proc (with ``--workers N``: summed over the
+supervisor and its workers). Loopback only; every loop is bounded by
 ``--duration``. At the end it checks that past ``limits.max_sessions`` new sessions get a
 503 before the upgrade.
 """
@@ -63,20 +65,41 @@ class Server:
     process: subprocess.Popen[bytes] | None = None
 
     def rss_mib(self) -> float | None:
-        return _status_field(self.pid, "VmRSS")
+        return _summed(_status_field(pid, "VmRSS") for pid in _tree(self.pid))
 
     def hwm_mib(self) -> float | None:
-        return _status_field(self.pid, "VmHWM")
+        return _summed(_status_field(pid, "VmHWM") for pid in _tree(self.pid))
 
     def cpu_seconds(self) -> float | None:
-        """User + system CPU time of the server process so far."""
-        if self.pid is None:
-            return None
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time of the server process (and its workers) so far."""
+        return _summed(_cpu_seconds(pid) for pid in _tree(self.pid))
+
+
+def _tree(pid: int | None) -> list[int]:
+    """The process and its descendants (a supervisor's workers)."""
+    if pid is None:
+        return []
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return pids
+    for child in children:
+        pids += _tree(int(child))
+    return pids
+
+
+def _summed(values: Any) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _status_field(pid: int | None, name: str) -> float | None:
@@ -98,13 +121,13 @@ def _free_port() -> int:
 
 
 @contextmanager
-def started_server(max_sessions: int) -> Iterator[Server]:
+def started_server(max_sessions: int, workers: int = 1) -> Iterator[Server]:
     with tempfile.TemporaryDirectory(prefix="relay-seed-") as folder:
         token = secrets.token_urlsafe(24)
         (Path(folder) / "tokens.txt").write_text(f"{token} bench\n")
         port = _free_port()
         config = {
-            "server": {"host": "127.0.0.1", "port": port, "default_provider": "null"},
+            "server": {"host": "127.0.0.1", "port": port, "default_provider": "null", "workers": workers},
             "limits": {"max_sessions": max_sessions},
             "tokens": {"file": "tokens.txt", "create_if_missing": False},
             "logging": {"level": "warning"},
@@ -116,6 +139,8 @@ def started_server(max_sessions: int) -> Iterator[Server]:
         process = subprocess.Popen(command, cwd=folder, env=env)
         try:
             _wait_healthy(port, process)
+            if workers > 1:
+                _wait_workers(process.pid, workers)
             yield Server(f"ws://127.0.0.1:{port}", token, process.pid, process)
         finally:
             process.terminate()
@@ -134,6 +159,28 @@ resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 8192)), hard))
 from stt_server.cli import main
 sys.exit(main(["--config", sys.argv[1], "serve"]))
 """
+
+
+def _wait_workers(pid: int, workers: int) -> None:
+    """Every worker is up once each has its listening socket (it answered /healthz for one)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        listening = sum(1 for child in _tree(pid)[1:] if _listens(child))
+        if listening >= workers:
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"{workers} workers did not start in 60 s")
+
+
+def _listens(pid: int) -> bool:
+    """Whether the process holds a TCP socket in LISTEN state (from /proc/net/tcp inodes)."""
+    try:
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        table = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    listening = {f"socket:[{line.split()[9]}]" for line in table if line.split()[3] == "0A"}
+    return bool(inodes & listening)
 
 
 def _wait_healthy(port: int, process: subprocess.Popen[bytes]) -> None:
@@ -426,6 +473,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each run")
     parser.add_argument("--idle-sessions", type=int, default=200, help="idle sessions for the RSS-per-session figure")
     parser.add_argument("--max-sessions", type=int, default=1000, help="limits.max_sessions of the started server")
+    parser.add_argument("--workers", type=int, default=1, help="server.workers of the started server")
     parser.add_argument("--no-limit-check", dest="check_limit", action="store_false",
                         help="skip the over-the-limit check")
     parser.add_argument("--no-compression", dest="compression", action="store_false",
@@ -445,7 +493,7 @@ def main() -> int:
         server = Server(args.url.rstrip("/"), args.token)
         results = asyncio.run(suite(args, server))
     else:
-        with started_server(args.max_sessions) as server:
+        with started_server(args.max_sessions, args.workers) as server:
             results = asyncio.run(suite(args, server))
     print(f"server RSS peak (VmHWM): {results.get('rss_peak_mib')} MiB")
     if args.json:

@@ -3,7 +3,8 @@
 By default the file is sent as it is (its own container, ``encoding=auto``), so the server's
 decoder does the work a browser's audio would need; ``--pcm`` decodes it here and sends
 16 kHz PCM16 instead. Audio is paced at real time (``--speed`` to change). Interim text is
-shown updating in place on stderr; finals line by line; the full transcript goes to stdout.
+shown updating in place on stderr (terminals only); finals line by line; the full transcript
+goes to stdout, or with ``--json`` every server message as one JSON line. Exit codes: EXIT_*.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -22,7 +24,20 @@ import av
 import websockets
 
 CHUNK_SECONDS = 0.25
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
+
+# Exit codes (the README's client section lists them): scripts can tell "fix the request"
+# from "try again later".
+EXIT_OK = 0          # every final received, normal close
+EXIT_SESSION = 1     # the session ended with an error: an Error message or an abnormal close
+EXIT_USAGE = 2       # bad arguments, or a file that cannot be read as audio here
+EXIT_REFUSED = 3     # the server refused the connection (HTTP 4xx/5xx before the upgrade)
+EXIT_UNREACHABLE = 4  # no server answered: refused connection, DNS, TLS, timeout, not a websocket
+EXIT_INTERRUPTED = 130
+
+# Error codes that mean "the server could not read this file": decoding it here may work.
+DECODING_CODES = frozenset({"undecodable_audio", "bad_audio", "encoding_mismatch"})
+PCM_HINT = ("hint: --pcm decodes the file here (anything FFmpeg reads: m4a, aac, wma, ...) "
+            "and sends plain 16 kHz PCM")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,25 +96,72 @@ async def paced_chunks(data: bytes, bytes_per_second: float, speed: float) -> As
 
 
 class Display:
-    """Interim text rewritten in place on a terminal; plain lines otherwise."""
+    """Interim text rewritten in place on a terminal, cut to its width; finals line by line.
 
-    def __init__(self, stream: TextIO) -> None:
+    Off a terminal (a pipe, a log file) interims are not drawn at all: carriage returns
+    would pile up as garbage lines.
+    """
+
+    def __init__(self, stream: TextIO, *, show_finals: bool = True) -> None:
         self.stream = stream
         self.tty = stream.isatty()
+        self.show_finals = show_finals
         self.pending = False
 
+    def width(self) -> int:
+        """Columns of the terminal ``stream`` writes to (asked each time: terminals resize)."""
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            return shutil.get_terminal_size().columns
+
     def interim(self, text: str) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K\033[2m" + text[-200:] + "\033[0m")
-            self.stream.flush()
-            self.pending = True
+        if not self.tty:
+            return
+        self.stream.write("\r\033[K\033[2m" + fit_line(text, self.width()) + "\033[0m")
+        self.stream.flush()
+        self.pending = True
 
     def final(self, text: str) -> None:
+        self.clear()
+        if self.show_finals:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def clear(self) -> None:
         if self.pending:
             self.stream.write("\r\033[K")
+            self.stream.flush()
             self.pending = False
-        self.stream.write(text + "\n")
-        self.stream.flush()
+
+
+def fit_line(text: str, columns: int) -> str:
+    """The end of ``text`` (the newest words), short enough not to wrap in ``columns``: a
+    wrapped line cannot be rewritten with a carriage return."""
+    room = max(columns - 1, 1)  # the last column would wrap on some terminals
+    text = " ".join(text.split())
+    return text if len(text) <= room else "…" + text[len(text) - room + 1:]
+
+
+class SessionFailed(Exception):
+    """The server ended the session with an error; ``str()`` is the line to print."""
+
+    def __init__(self, line: str, code: str | None) -> None:
+        super().__init__(line)
+        self.code = code
+
+
+def close_line(code: int | None, reason: str) -> str:
+    return f"the server closed the session: {code}" + (f" {reason}" if reason else "")
+
+
+def message_of(raw: str | bytes) -> dict[str, Any] | None:
+    """A server message as a dict, or None for something that is not one (not our server?)."""
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -126,49 +188,79 @@ async def run(args: argparse.Namespace) -> int:
     if args.no_interim:
         params["interim_results"] = "false"
     headers = {"Authorization": f"Token {args.token}"} if args.token else {}
-    display = Display(sys.stderr)
+    display = Display(sys.stderr, show_finals=not args.json)
     finals: list[str] = []
-    failed = False
     try:
         async with websockets.connect(listen_url(args.url, params), additional_headers=headers,
                                       max_size=None) as ws:
             sender = asyncio.create_task(_send(ws, data, bytes_per_second, args.speed))
-            async for raw in ws:
-                message: dict[str, Any] = json.loads(raw)
-                if args.json:
-                    print(json.dumps(message), flush=True)
-                kind = message.get("type")
-                if kind == "Results":
-                    text = message["channel"]["alternatives"][0]["transcript"]
-                    if message["is_final"]:
-                        if text:
-                            finals.append(text)
-                            display.final(text)
-                    elif text:
-                        display.interim(" ".join([*finals[-1:], text]))
-                elif kind == "Error":
-                    failed = True
-                    print(f"stt-client: server error {message.get('code')}: {message.get('message')}",
-                          file=sys.stderr)
-            sender.cancel()
-            if ws.close_code not in (1000, None):
-                failed = True
-                print(f"stt-client: closed with {ws.close_code} {ws.close_reason}", file=sys.stderr)
+            try:
+                await _receive(ws, display, finals, as_json=args.json)
+            finally:
+                sender.cancel()
+                display.clear()
     except websockets.InvalidStatus as exc:
         response = exc.response
         detail = bytes(response.body or b"").decode(errors="replace").strip()
-        try:
-            detail = json.loads(detail).get("message", detail)
-        except ValueError:
-            pass
+        body = message_of(detail)
+        if body is not None:
+            detail = str(body.get("message", detail))
         print(f"stt-client: refused with HTTP {response.status_code}: {detail}", file=sys.stderr)
         return EXIT_REFUSED
-    except (OSError, websockets.InvalidURI, websockets.InvalidHandshake) as exc:
-        print(f"stt-client: cannot connect to {args.url}: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+    except SessionFailed as failure:
+        print(f"stt-client: {failure}", file=sys.stderr)
+        if failure.code in DECODING_CODES and not args.pcm:
+            print(f"stt-client: {PCM_HINT}", file=sys.stderr)
+        return EXIT_SESSION
+    except websockets.ConnectionClosed as exc:  # closed before or while we sent
+        print(f"stt-client: {close_line(exc.rcvd.code if exc.rcvd else None, exc.rcvd.reason if exc.rcvd else '')}",
+              file=sys.stderr)
+        return EXIT_SESSION
+    except ConnectionRefusedError:
+        print(f"stt-client: cannot connect to {args.url}: nothing is listening there (is stt-server "
+              f"running, and on that port?)", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except (OSError, asyncio.TimeoutError, websockets.InvalidURI, websockets.InvalidHandshake,
+            websockets.InvalidMessage) as exc:
+        print(f"stt-client: cannot connect to {args.url}: {str(exc) or type(exc).__name__}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     if not args.json:
         print(" ".join(finals))
-    return EXIT_ERROR if failed else EXIT_OK
+    return EXIT_OK
+
+
+async def _receive(ws: Any, display: Display, finals: list[str], *, as_json: bool) -> None:
+    """Print messages until the server closes; raise SessionFailed when it ends with an error."""
+    error: dict[str, Any] | None = None
+    try:
+        async for raw in ws:
+            message = message_of(raw)
+            if message is None:
+                raise SessionFailed(f"the server sent something that is not a JSON message: {str(raw)[:80]!r}",
+                                    None)
+            if as_json:
+                print(json.dumps(message), flush=True)
+            kind = message.get("type")
+            if kind == "Results":
+                alternatives = (message.get("channel") or {}).get("alternatives") or [{}]
+                text = str(alternatives[0].get("transcript") or "")
+                if message.get("is_final"):
+                    if text:
+                        finals.append(text)
+                        display.final(text)
+                elif text:
+                    display.interim(text)  # this utterance only: its finals are already printed
+            elif kind == "Error":
+                error = message
+    except websockets.ConnectionClosedError:
+        pass  # ws.close_code and ws.close_reason say why; handled below with the Error message
+    code, reason = ws.close_code, ws.close_reason or ""
+    if error is not None:
+        raise SessionFailed(f"server error {error.get('code')}: {error.get('message')}"
+                            + (f" (closed with {code})" if code not in (None, 1000) else ""),
+                            str(error.get("code")))
+    if code != 1000:
+        raise SessionFailed(close_line(code, reason), reason.split(":", 1)[0] or None)
 
 
 async def _send(ws: Any, data: bytes, bytes_per_second: float, speed: float) -> None:
@@ -188,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(run(args))
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -55,14 +55,19 @@ class ServerConfig:
     default_provider: str = "whisper"
     # Largest websocket message accepted, in bytes (binary audio frame or JSON text frame).
     max_message_bytes: int = 4 * 1024 * 1024
-    # Longest wait for an engine's last finals once a stream has ended.
+    # Deprecated and ignored: finishing a stream no longer has a deadline that drops audio
+    # (limits.engine_call_timeout_seconds bounds each engine call instead). Kept so old configs load.
     flush_timeout_seconds: float = 60.0
     # Graceful shutdown (SIGTERM/SIGINT): how long open sessions get to finish the audio they
     # have sent before they are cut and the process exits. Keep systemd's TimeoutStopSec above it.
     drain_timeout_seconds: float = 30.0
+    # Server processes on this box sharing the port (SO_REUSEPORT), started and supervised by a
+    # main process. 1 = one process, no supervisor. Each worker loads its own engines.
+    workers: int = 1
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "server.port", "must be between 0 and 65535")
+        _check(1 <= self.workers <= 64, "server.workers", "must be between 1 and 64")
         _check(self.max_message_bytes >= 1024, "server.max_message_bytes", "must be at least 1024")
         _check(self.flush_timeout_seconds > 0, "server.flush_timeout_seconds", "must be positive")
         _check(0 < self.drain_timeout_seconds <= 3600, "server.drain_timeout_seconds", "must be in (0, 3600]")
@@ -94,8 +99,21 @@ class LimitsConfig:
     # Browser Origin values allowed to open sessions (exact match, e.g. "https://app.example.com");
     # empty = any. Requests without an Origin header (non-browser clients) are always allowed.
     allowed_origins: tuple[str, ...] = ()
+    # Audio a session may have received and not yet had transcribed; above it the server stops
+    # reading that socket until the engine catches up (TCP slows the sender) (0 = no limit).
+    max_backlog_seconds: float = 30.0
+    # One engine call running longer fails only the session(s) it belongs to (Error + 1011)
+    # and its worker is replaced (0 = no timeout).
+    engine_call_timeout_seconds: float = 60.0
+    # New sessions get 503 + Retry-After while an engine needs longer than this to clear the
+    # finals queued (0 = never refuse for engine load).
+    max_engine_wait_seconds: float = 10.0
 
     def __post_init__(self) -> None:
+        _check(self.max_backlog_seconds >= 0, "limits.max_backlog_seconds", "must be 0 (no limit) or positive")
+        _check(self.engine_call_timeout_seconds >= 0, "limits.engine_call_timeout_seconds",
+               "must be 0 (no timeout) or positive")
+        _check(self.max_engine_wait_seconds >= 0, "limits.max_engine_wait_seconds", "must be 0 (never) or positive")
         _check(self.max_sessions >= 0, "limits.max_sessions", "must be 0 (no limit) or positive")
         _check(self.max_sessions_per_token >= 0, "limits.max_sessions_per_token", "must be 0 (no limit) or positive")
         _check(self.max_base64_message_bytes >= 1024, "limits.max_base64_message_bytes", "must be at least 1024")
@@ -172,6 +190,33 @@ class JournalConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Session limits shared by every instance through Redis (optional)."""
+
+    # redis://[:password@]host:port/db (or rediss:// for TLS); "" = limits count this box only.
+    redis_url: str = ""
+    # Prefix of the Redis keys; instances sharing it share the counts.
+    key_prefix: str = "stt_server"
+    # Open sessions across all instances (0 = no limit); limits.max_sessions still holds per box.
+    max_sessions: int = 0
+    # A lease on a session slot lives this long unless its instance refreshes it (every third of
+    # it): the slots of a killed instance come back within this time.
+    lease_ttl_seconds: float = 15.0
+    # Redis unreachable: admit sessions (limits per box only, logged) or refuse them with 503.
+    on_redis_down: Literal["admit", "refuse"] = "admit"
+    # Longest wait for one Redis command (and for connecting) before Redis counts as down.
+    redis_timeout_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(not self.redis_url or self.redis_url.startswith(("redis://", "rediss://", "unix://")),
+               "cluster.redis_url", f"{self.redis_url!r} is not a redis://, rediss:// or unix:// URL")
+        _check(bool(self.key_prefix.strip()), "cluster.key_prefix", "must not be empty")
+        _check(self.max_sessions >= 0, "cluster.max_sessions", "must be 0 (no limit) or positive")
+        _check(0.5 <= self.lease_ttl_seconds <= 3600, "cluster.lease_ttl_seconds", "must be in [0.5, 3600]")
+        _check(0 < self.redis_timeout_seconds <= 60, "cluster.redis_timeout_seconds", "must be in (0, 60]")
+
+
+@dataclass(frozen=True)
 class TokensConfig:
     # Token file; a relative path is taken relative to the config file's folder.
     file: str = "tokens.txt"
@@ -225,6 +270,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     tls: TlsConfig = TlsConfig()
     journal: JournalConfig = JournalConfig()
+    cluster: ClusterConfig = ClusterConfig()
     providers: tuple[ProviderConfig, ...] = tuple(
         ProviderConfig(name, enabled) for name, enabled in BUILTIN_PROVIDER_DEFAULTS.items()
     )

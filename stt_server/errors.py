@@ -68,6 +68,11 @@ class CapacityError(SttServerError):
     http_status = 503
     close_code = 1013
 
+    def __init__(self, message: str, *, code: str | None = None, retry_after: int | None = None) -> None:
+        super().__init__(message, code=code)
+        #: Seconds the client should wait before retrying (the Retry-After header); None = default.
+        self.retry_after = retry_after
+
 
 class ProtocolError(SttServerError):
     """A client frame could not be understood; the session goes on."""

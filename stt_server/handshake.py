@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .config import Config
 from .errors import ForbiddenError, SttServerError
@@ -76,13 +76,18 @@ def accept_session(
     providers: Collection[str],
     peer: str,
 ) -> SessionContext:
-    """Validate the origin, the URL, then the token, then the token's right to the provider."""
+    """Validate the origin, the URL, then the token, then the token's right to the provider and
+    model. A token limited to some models gets the first of them when the URL names none."""
     check_origin(headers, config.limits.allowed_origins)
     params = parse_session(target, defaults=config.session, default_provider=config.server.default_provider,
                            providers=providers)
     token = token_from_request(target, headers, offered_subprotocols(headers))
     entry = tokens.authenticate(token)
     tokens.check_provider(entry, params.provider)
+    if entry.models is not None:
+        model = params.model or entry.models[0]
+        tokens.check_model(entry, model)
+        params = replace(params, model=model)
     return SessionContext(session_id=uuid.uuid4().hex, params=params, token=entry, peer=peer)
 
 

@@ -1,18 +1,26 @@
 """Prometheus metrics: one :class:`Metrics` (and one registry) per server instance.
 
 Not the global default registry: tests run several servers in one process, and each must
-report only what it did. The session code sees a small :class:`SessionMetrics` whose label
+report only what it did. With ``server.workers`` > 1 every worker writes its samples to files
+in the supervisor's folder (prometheus_client's multiprocess mode, chosen by the
+``PROMETHEUS_MULTIPROC_DIR`` the supervisor sets before the worker starts) and ``/metrics`` on
+any worker renders the sum over all of them. The session code sees a small :class:`SessionMetrics` whose label
 children are bound once per session, so counting a frame is a dict-free increment.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from .results import Result
+
+if TYPE_CHECKING:
+    from .providers.scheduler import SchedulerStats
 
 __all__ = ["CONTENT_TYPE", "AudioClock", "Metrics", "SessionMetrics"]
 
@@ -20,14 +28,18 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Result latency and engine calls: from well under a second (PCM, idle box) to the 30 s
 # that would mean an engine has fallen far behind.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16)
 INFERENCE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        """``multiprocess_dir``: the workers' shared folder (PROMETHEUS_MULTIPROC_DIR), or None."""
+        self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry()
         r = self.registry
-        self.sessions_active = Gauge("stt_sessions_active", "Open sessions.", ["provider"], registry=r)
+        self.sessions_active = Gauge("stt_sessions_active", "Open sessions.", ["provider"], registry=r,
+                                     multiprocess_mode="livesum")  # workers: the box's total
         self.sessions_opened = Counter("stt_sessions_opened", "Sessions opened (upgrade accepted).",
                                        ["provider"], registry=r)
         self.sessions_closed = Counter("stt_sessions_closed", "Sessions ended, by websocket close code.",
@@ -54,10 +66,32 @@ class Metrics:
                                         buckets=LATENCY_BUCKETS, registry=r)
         self.journal_errors = Counter("stt_journal_errors", "Finals that could not be written to the "
                                       "transcript journal.", registry=r)
-        self.draining = Gauge("stt_draining", "1 while the server is draining for shutdown.", registry=r)
+        self.draining = Gauge("stt_draining", "1 while the server is draining for shutdown.", registry=r,
+                              multiprocess_mode="livemax")  # workers: 1 while any worker drains
+        # The engine under load: backpressure, queues, batches, and audio lost (must stay 0).
+        self.held_seconds = Counter("stt_backpressure_seconds", "Time sessions stopped reading their socket "
+                                    "because the engine was behind on their audio.", ["provider"], registry=r)
+        self.untranscribed_seconds = Counter("stt_untranscribed_audio_seconds", "Audio received that was "
+                                             "never transcribed (hung engine call, drain deadline); "
+                                             "should stay 0.", ["provider"], registry=r)
+        self.engine_backlog = Gauge("stt_engine_backlog_seconds", "Audio queued for (or in) a final "
+                                    "decode, all sessions.", ["provider"], registry=r)
+        self.engine_wait = Gauge("stt_engine_estimated_wait_seconds", "Time the engine needs to clear "
+                                 "its queued finals at the recent pace (admission refuses above "
+                                 "limits.max_engine_wait_seconds).", ["provider"], registry=r)
+        self.engine_hung_calls = Gauge("stt_engine_hung_calls", "Engine calls that ran past "
+                                       "limits.engine_call_timeout_seconds.", ["provider"], registry=r)
+        self.queue_wait = Histogram("stt_engine_queue_wait_seconds", "Time a job waited in the engine "
+                                    "scheduler's queue.", ["provider"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("stt_engine_batch_size", "Jobs decoded in one engine call.", ["provider"],
+                                    buckets=BATCH_BUCKETS, registry=r)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self.multiprocess_dir)
+        return generate_latest(merged)
 
     def session(self, provider: str) -> SessionMetrics:
         return SessionMetrics(self, provider)
@@ -70,6 +104,29 @@ class Metrics:
     def inference_observer(self, provider: str) -> Callable[[float], None]:
         """What a provider calls with the duration of each engine call."""
         return self.inference_seconds.labels(provider).observe
+
+    def batch_observer(self, provider: str) -> Callable[[int, float, Sequence[float]], None]:
+        """What a provider's scheduler calls after each engine call (from a worker thread)."""
+        batch, wait = self.batch_size.labels(provider), self.queue_wait.labels(provider)
+
+        def observe(size: int, _seconds: float, waits: Sequence[float]) -> None:
+            batch.observe(size)
+            for seconds in waits:
+                wait.observe(seconds)
+
+        return observe
+
+    def watch_scheduler(self, provider: str, stats: Callable[[], SchedulerStats | None]) -> None:
+        """Gauges read from the provider's scheduler when /metrics is scraped."""
+        def read(field: str) -> Callable[[], float]:
+            def value() -> float:
+                current = stats()
+                return float(getattr(current, field)) if current is not None else 0.0
+            return value
+
+        self.engine_backlog.labels(provider).set_function(read("queued_final_seconds"))
+        self.engine_wait.labels(provider).set_function(read("estimated_wait"))
+        self.engine_hung_calls.labels(provider).set_function(read("hung_calls"))
 
 
 class SessionMetrics:
@@ -114,6 +171,12 @@ class SessionMetrics:
 
     def decode_error(self) -> None:
         self._metrics.decode_errors.labels(self.provider).inc()
+
+    def held(self, seconds: float) -> None:
+        self._metrics.held_seconds.labels(self.provider).inc(seconds)
+
+    def untranscribed(self, seconds: float) -> None:
+        self._metrics.untranscribed_seconds.labels(self.provider).inc(seconds)
 
 
 class AudioClock:

@@ -16,10 +16,10 @@ from .config import Config
 
 # Dotted keys (or whole sections) that a reload does not apply.
 RESTART_ONLY = (
-    "server.host", "server.port", "server.default_provider", "server.max_message_bytes",
+    "server.host", "server.port", "server.default_provider", "server.max_message_bytes", "server.workers",
     "limits.handshake_timeout_seconds", "limits.ping_interval_seconds", "limits.ping_timeout_seconds",
-    "limits.close_timeout_seconds",
-    "tokens", "logging.format", "tls", "journal", "providers",
+    "limits.close_timeout_seconds", "limits.engine_call_timeout_seconds",
+    "tokens", "logging.format", "tls", "journal", "providers", "cluster",
 )
 _IGNORED = ("source",)
 

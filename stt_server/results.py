@@ -33,6 +33,9 @@ class Result:
     speech_final: bool = False
     # For interim results: how unlikely the text is to change (0..1), where the engine says.
     stability: float | None = None
+    # The language the engine heard, when it detected it (``language=multi``): a primary
+    # subtag such as "de". None when the session named the language or the engine cannot tell.
+    language: str | None = None
 
     @property
     def duration(self) -> float:

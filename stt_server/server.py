@@ -10,19 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import http
+import math
 import json
+import os
 import ssl
-from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlencode
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from . import providers as provider_registry
 from . import web
+from .cluster import LeaseRequest, session_leases
 from .config import Config
 from .errors import AuthError, CapacityError, ConfigError, ForbiddenError, ProviderError, SttServerError
 from .handshake import (
@@ -36,27 +42,39 @@ from .handshake import (
 from .journal import Journal, final_record
 from .logs import get_logger, set_level
 from .metrics import CONTENT_TYPE, Metrics
-from .protocols import WireProtocol
-from .protocols.native import NativeProtocol
+from .protocols.registry import protocol_for
+from .protocols.root import refusal, whisperlive_options
 from .providers import Provider
 from .reload import ReloadPlan, plan_reload
 from .results import Result
-from .session import Endpoint, SessionParams
+from .session import Endpoint, endpoint_for_path
 from .session_runner import DRAIN_REASON, SessionRunner
 from .tokens import TokenStore
 
 # Seconds a refused client is asked to wait before retrying (503 over capacity or draining).
 RETRY_AFTER_SECONDS = 5
+# Frames read ahead of a session (websockets' max_queue); see backpressure in session_runner.
+READ_AHEAD_FRAMES = 4
 # Part of the drain timeout kept for closing connections and stopping engines.
 DRAIN_STOP_MARGIN = 2.0
 
 
-def protocol_for(params: SessionParams) -> WireProtocol:
-    if params.endpoint is Endpoint.NATIVE:
-        return NativeProtocol(include_words=params.words)
-    from .protocols.seed import SeedProtocol  # the Django design's protocol
+class ReplayConnection:
+    """A connection whose first recv() returns a message already read (a ``/`` session's first
+    message, read to admit it); everything else is the connection's own."""
 
-    return SeedProtocol()
+    def __init__(self, connection: ServerConnection, first: str | bytes) -> None:
+        self._connection = connection
+        self._first: str | bytes | None = first
+
+    async def recv(self) -> str | bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return await self._connection.recv()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
 
 
 def json_response(status: http.HTTPStatus, body: bytes, extra: Mapping[str, str] | None = None,
@@ -72,7 +90,8 @@ def file_response(page: web.StaticFile) -> Response:
 
 
 def error_response(error: SttServerError) -> Response:
-    extra = {"Retry-After": str(RETRY_AFTER_SECONDS)} if error.http_status == 503 else None
+    retry_after = (error.retry_after if isinstance(error, CapacityError) else None) or RETRY_AFTER_SECONDS
+    extra = {"Retry-After": str(retry_after)} if error.http_status == 503 else None
     return json_response(http.HTTPStatus(error.http_status), error_body(error), extra)
 
 
@@ -94,20 +113,36 @@ def _load_certificate(context: ssl.SSLContext, config: Config) -> None:
                           f"and key {key}: {exc}") from None
 
 
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What the supervisor gives each worker: the box's shared lease file and metrics folder."""
+
+    index: int
+    leases_file: Path
+    metrics_dir: str
+
+
 class SttServer:
-    def __init__(self, config: Config, *, tokens: TokenStore, providers: Mapping[str, Provider] | None = None) -> None:
+    def __init__(self, config: Config, *, tokens: TokenStore, providers: Mapping[str, Provider] | None = None,
+                 worker: WorkerSetup | None = None) -> None:
+        """``worker``: set when this server is one of ``server.workers`` processes on the box."""
         self.config = config
         self.tokens = tokens
         self.providers: dict[str, Provider] = dict(providers or {})
         self.log = get_logger("stt_server.server")
-        self.metrics = Metrics()
+        self.worker = worker
+        self.metrics = Metrics(multiprocess_dir=worker.metrics_dir if worker else None)
+        self.leases = session_leases(config.cluster, box_file=worker.leases_file if worker else None,
+                                     logger=self.log)
         self.journal: Journal | None = None
         self.draining = False
         self._server: Server | None = None
         self._ssl: ssl.SSLContext | None = None
         self._contexts: dict[ServerConnection, SessionContext] = {}
-        self._sessions_by_token: Counter[str] = Counter()
+        # "/" upgrades whose admission waits for the first message: target, headers, the refusal.
+        self._after_upgrade: dict[ServerConnection, tuple[str, Headers, SttServerError]] = {}
         self._runners: dict[ServerConnection, tuple[SessionRunner, asyncio.Task[Any]]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -118,6 +153,7 @@ class SttServer:
             if not entry.enabled or entry.name in self.providers:
                 continue
             provider = provider_registry.create(entry, specs, self.config.source)
+            self._observe_provider(entry.name, provider)
             try:
                 await provider.start()
             except ProviderError:
@@ -125,15 +161,23 @@ class SttServer:
             except Exception as exc:
                 raise ProviderError(f"provider {entry.name!r} failed to start: {type(exc).__name__}: {exc}",
                                     code="provider_unavailable") from exc
-            provider.inference_observer = self.metrics.inference_observer(entry.name)
             self.providers[entry.name] = provider
             self.log.info("provider ready", provider=entry.name, **dict(provider.describe()))
 
+    def _observe_provider(self, name: str, provider: Provider) -> None:
+        provider.call_timeout = self.config.limits.engine_call_timeout_seconds
+        provider.inference_observer = self.metrics.inference_observer(name)
+        provider.batch_observer = self.metrics.batch_observer(name)
+        self.metrics.watch_scheduler(name, provider.scheduler_stats)
+
     async def start(self) -> None:
+        for name, provider in self.providers.items():  # given ready-made (tests)
+            self._observe_provider(name, provider)
         self.tokens.refresh()
         self._log_token_problems()
         self._ssl = tls_context(self.config)  # before the engines: a bad path fails fast
         await self.load_providers()
+        await self.leases.start()
         if self.config.journal.enabled:
             journal = self.config.journal
             self.journal = Journal(self.config.resolve_path(journal.file), max_bytes=journal.max_bytes,
@@ -161,9 +205,14 @@ class SttServer:
             close_timeout=limits.close_timeout_seconds,
             # Limits.
             max_size=server_config.max_message_bytes,
+            # Frames websockets reads ahead of the session: small, so that when a session stops
+            # reading (backpressure) TCP pushes back on the sender at once.
+            max_queue=READ_AHEAD_FRAMES,
+            # Workers share the port; the kernel spreads new connections over them.
+            reuse_port=self.worker is not None,
         )
         self.log.info("listening", url=self.url, providers=sorted(self.providers),
-                      journal=str(self.journal.path) if self.journal else None)
+                      journal=str(self.journal.path) if self.journal else None, pid=os.getpid())
 
     @property
     def port(self) -> int:
@@ -178,7 +227,7 @@ class SttServer:
 
     async def stop(self) -> None:
         """Stop now: close open sessions with 1001 without a Draining notice (what they received is
-        still transcribed for the journal, within flush_timeout), release engines."""
+        still transcribed for the journal), release engines."""
         if self._server is not None:
             self._server.close(code=1001, reason=DRAIN_REASON)
             await self._server.wait_closed()
@@ -187,6 +236,7 @@ class SttServer:
         if self.journal is not None:
             await self.journal.close()
             self.journal = None
+        await self.leases.close()
 
     async def drain(self, timeout: float | None = None) -> bool:
         """Graceful shutdown: refuse new sessions (503, /readyz 503), tell each open session,
@@ -240,7 +290,7 @@ class SttServer:
                             subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
         return Subprotocol(TOKEN_SUBPROTOCOL) if TOKEN_SUBPROTOCOL in subprotocols else None
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
             return json_response(http.HTTPStatus.OK, b'{"status":"ok"}\n')
@@ -266,21 +316,86 @@ class SttServer:
                 providers=self.providers.keys(), peer=self._peer(connection),
             )
             self.providers[context.params.provider].check_session(context.params)
-            self._check_capacity(context)
+            self._check_engine_load(context)
+            await self._take_lease(context)
+            if "Upgrade" not in request.headers and web.asks_for_check(request.path):
+                # A dry run: browsers hide a refused upgrade's body, so the kiosk page asks first
+                # with a plain GET and shows the server's own reason. The slot the check took to
+                # see whether one is free goes back at once.
+                await self.leases.release(context.session_id)
+                body = {"status": "ok", "provider": context.params.provider, "language": context.params.language}
+                return json_response(http.HTTPStatus.OK, json.dumps(body).encode() + b"\n",
+                                     {"Cache-Control": "no-store"})
         except SttServerError as error:
+            if self._admits_after_upgrade(path, request, error):
+                self._after_upgrade[connection] = (request.path, request.headers, error)
+                return None
             self.log.info("handshake refused", status=error.http_status, code=error.code,
                           path=path, peer=self._peer(connection))
             self.metrics.refused(error.code, auth=isinstance(error, AuthError))
             return error_response(error)
-        self._contexts[connection] = context
-        self._sessions_by_token[context.token.name] += 1
+        self._admit(connection, context)
         return None
+
+    def _admit(self, connection: ServerConnection, context: SessionContext) -> None:
+        self._contexts[connection] = context
+
+    @staticmethod
+    def _admits_after_upgrade(path: str, request: Request, error: SttServerError) -> bool:
+        """On ``/``, a missing token or a full server is decided after the upgrade, from the first
+        message: WhisperLive's client can only send its token, and only read WAIT, in-band."""
+        if "Upgrade" not in request.headers:
+            return False
+        try:
+            root = endpoint_for_path(path) is Endpoint.ROOT
+        except SttServerError:
+            return False
+        missing_token = isinstance(error, AuthError) and error.code == "token_missing"
+        full = isinstance(error, CapacityError) and error.code != "draining"
+        return root and (missing_token or full)
+
+    async def _admit_after_upgrade(self, connection: ServerConnection, target: str, headers: Headers,
+                                   error: SttServerError) -> tuple[SessionContext, ServerConnection] | None:
+        """Read the first message of a ``/`` session refused before the upgrade, and admit it (its
+        token in WhisperLive's options, or a slot freed since) or refuse it in its protocol."""
+        try:
+            first = await asyncio.wait_for(connection.recv(), self.config.limits.handshake_timeout_seconds)
+        except (TimeoutError, ConnectionClosed):
+            await connection.close(error.close_code, error.code)
+            return None
+        try:
+            if self.draining:  # the drain began while the first message was awaited
+                raise CapacityError("the server is shutting down; retry on another instance", code="draining")
+            if isinstance(error, AuthError):
+                options = whisperlive_options(first)
+                if options is None or options.token is None:
+                    raise error
+                target = f"{target}{'&' if '?' in target else '?'}{urlencode({'token': options.token})}"
+            context = accept_session(target, headers, config=self.config, tokens=self.tokens.table,
+                                     providers=self.providers.keys(), peer=self._peer(connection))
+            self.providers[context.params.provider].check_session(context.params)
+            self._check_engine_load(context)
+            await self._take_lease(context)
+        except SttServerError as refused:
+            self.log.info("session refused after the upgrade", code=refused.code, peer=self._peer(connection))
+            self.metrics.refused(refused.code, auth=isinstance(refused, AuthError))
+            try:
+                for frame in refusal(first, refused, wait_minutes=RETRY_AFTER_SECONDS / 60):
+                    await connection.send(frame)
+            except ConnectionClosed:
+                pass
+            await connection.close(refused.close_code, refused.code)
+            return None
+        self._admit(connection, context)
+        return context, cast(ServerConnection, ReplayConnection(connection, first))
 
     def _readiness(self) -> Response:
         problems = [f"provider {name!r} is not ready" for name, provider in sorted(self.providers.items())
                     if not provider.is_ready()]
         missing = set(self.config.enabled_providers()) - set(self.providers)
         problems += [f"provider {name!r} is not loaded" for name in sorted(missing)]
+        problems += [f"provider {name!r} is behind: {wait:.1f} s of queued audio to transcribe"
+                     for name, wait in self._engines_behind()]
         if self.draining:
             problems.append("draining for shutdown")
         if problems:
@@ -296,18 +411,16 @@ class SttServer:
             self.tokens.authenticate(token_from_request(request.path, request.headers,
                                                         offered_subprotocols(request.headers)))
 
-    def _process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
+    async def _process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
         # A handshake that failed after process_request accepted it never reaches _handle.
         if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
-            self._release(connection)
+            self._after_upgrade.pop(connection, None)
+            await self._release(connection)
 
-    def _release(self, connection: ServerConnection) -> None:
+    async def _release(self, connection: ServerConnection) -> None:
         context = self._contexts.pop(connection, None)
-        if context is None:
-            return
-        self._sessions_by_token[context.token.name] -= 1
-        if self._sessions_by_token[context.token.name] <= 0:
-            del self._sessions_by_token[context.token.name]
+        if context is not None:
+            await self.leases.release(context.session_id)
 
     def _providers_response(self, request: Request) -> Response:
         """The kiosk page's menu. No token needed; a presented token narrows the list to what
@@ -321,19 +434,36 @@ class SttServer:
                 return error_response(error)
             allowed = [name for name in self.providers if entry.allows(name)]
         body = web.providers_body(enabled=self.providers.keys(), default=self.config.server.default_provider,
-                                  language=self.config.session.language, allowed=allowed)
+                                  language=self.config.session.language, allowed=allowed,
+                                  languages={name: p.languages() for name, p in self.providers.items()})
         return json_response(http.HTTPStatus.OK, body, {"Cache-Control": "no-store"})
 
-    def _check_capacity(self, context: SessionContext) -> None:
+    def _engines_behind(self) -> list[tuple[str, float]]:
+        """Engines that need longer than limits.max_engine_wait_seconds to clear their queue."""
+        limit = self.config.limits.max_engine_wait_seconds
+        behind = []
+        for name, provider in sorted(self.providers.items()):
+            stats = provider.scheduler_stats()
+            if limit and stats is not None and stats.estimated_wait > limit:
+                behind.append((name, stats.estimated_wait))
+        return behind
+
+    def _check_engine_load(self, context: SessionContext) -> None:
+        """503 engine_busy while the session's engine is too far behind (before any lease)."""
+        for name, wait in self._engines_behind():
+            if name == context.params.provider:
+                raise CapacityError(f"the {name} engine is behind ({wait:.0f} s of queued audio to "
+                                    "transcribe); retry later", code="engine_busy",
+                                    retry_after=math.ceil(wait))
+
+    async def _take_lease(self, context: SessionContext) -> None:
+        """A slot for this session in the lease store: this process, this box, or the cluster
+        (cluster.py); CapacityError when a limit is reached or Redis is down and says refuse."""
         limits = self.config.limits
-        if limits.max_sessions and len(self._contexts) >= limits.max_sessions:
-            raise CapacityError(f"the server already has {limits.max_sessions} open sessions",
-                                code="server_session_limit")
         # The token file's max_sessions wins over the config's default for every token.
-        limit = context.token.max_sessions or limits.max_sessions_per_token
-        if limit and self._sessions_by_token[context.token.name] >= limit:
-            raise CapacityError(f"token {context.token.name!r} already has {limit} open sessions",
-                                code="token_session_limit")
+        token_limit = context.token.max_sessions or limits.max_sessions_per_token
+        await self.leases.acquire(LeaseRequest(context.session_id, context.token.name, token_limit,
+                                               limits.max_sessions))
 
     @staticmethod
     def _peer(connection: ServerConnection) -> str:
@@ -350,14 +480,25 @@ class SttServer:
     # --- sessions --------------------------------------------------------------------------
 
     async def _handle(self, connection: ServerConnection) -> None:
+        session_connection = connection
+        after_upgrade = self._after_upgrade.pop(connection, None)
+        if after_upgrade is not None:
+            admitted = await self._admit_after_upgrade(connection, *after_upgrade)
+            if admitted is None:
+                return
+            _, session_connection = admitted
         context = self._contexts.get(connection)
         if context is None:  # cannot happen: process_request accepted it
             await connection.close(1011, "no session context")
             return
         try:
-            runner = SessionRunner(connection, context, protocol_for(context.params),
+            # The session's slot is free once its client is gone, even while the engine still
+            # finishes its audio: that work is the engine's load, which admission watches.
+            releaser = asyncio.create_task(self._release_when_closed(connection))
+            self._background.add(releaser)
+            releaser.add_done_callback(self._background.discard)
+            runner = SessionRunner(session_connection, context, protocol_for(context.params),
                                    self.providers[context.params.provider], logger=self.log,
-                                   flush_timeout=self.config.server.flush_timeout_seconds,
                                    on_result=self._on_result if self.journal is not None else None,
                                    limits=self.config.limits,
                                    metrics=self.metrics.session(context.params.provider))
@@ -375,7 +516,11 @@ class SttServer:
             await connection.close(1011, "internal error")
         finally:
             self._runners.pop(connection, None)
-            self._release(connection)
+            await self._release(connection)
+
+    async def _release_when_closed(self, connection: ServerConnection) -> None:
+        await connection.wait_closed()
+        await self._release(connection)
 
     async def _on_result(self, context: SessionContext, result: Result) -> None:
         """Journal each final before it is sent: on disk even if the client is gone."""

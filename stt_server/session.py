@@ -8,31 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from urllib.parse import parse_qs, urlsplit
 
 from .audio_format import CONTAINER_ENCODINGS, RAW_ENCODINGS, AudioFormat
 from .config import SessionDefaults
 from .errors import NotFoundError, RequestError
+from .protocols.registry import ENDPOINT_PATHS, PROTOCOLS, Endpoint
 
-
-class Endpoint(str, Enum):
-    """Which wire protocol a path speaks."""
-
-    NATIVE = "native"  # /v1/listen, shaped like Deepgram's live API
-    SEED = "seed"  # /ws/transcription/, the Django design's protocol
-
-
-ENDPOINT_PATHS: Mapping[str, Endpoint] = {
-    "/v1/listen": Endpoint.NATIVE,
-    "/ws/transcription": Endpoint.SEED,
-}
 
 # Accepted but not acted on: parameters of Deepgram's API that clients commonly send, and the
 # token (read by the auth step). Anything else unknown is reported back in Metadata.
 _KNOWN = {
     "token", "provider", "stt_provider", "language", "encoding", "sample_rate", "channels",
-    "interim_results", "punctuate", "words", "endpointing", "model",
+    "interim_results", "punctuate", "words", "endpointing", "model", "utterance_end_ms", "vad_events",
 }
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -58,6 +46,10 @@ class SessionParams:
     model: str | None = None
     # Query parameters we did not recognise; echoed in Metadata so typos are visible.
     ignored_params: tuple[str, ...] = field(default=())
+    # Deepgram's UtteranceEnd: audio ms without a new word after the last one (0 = off).
+    utterance_end_ms: int = 0
+    # Deepgram's SpeechStarted messages.
+    vad_events: bool = False
 
 
 def endpoint_for_path(path: str) -> Endpoint:
@@ -102,8 +94,7 @@ def parse_session(
             parameter="provider" if "provider" in query else "stt_provider",
         )
 
-    default_encoding = "linear16" if endpoint is Endpoint.NATIVE else "auto"
-    encoding = (query.get("encoding") or default_encoding).lower()
+    encoding = (query.get("encoding") or PROTOCOLS[endpoint].default_encoding).lower()
     if encoding not in RAW_ENCODINGS and encoding not in CONTAINER_ENCODINGS:
         names = ", ".join(sorted(RAW_ENCODINGS | CONTAINER_ENCODINGS))
         raise RequestError(f"unknown encoding {encoding!r}; one of: {names}", parameter="encoding")
@@ -134,6 +125,8 @@ def parse_session(
         endpointing_ms=endpointing,
         model=model,
         ignored_params=tuple(sorted(set(query) - _KNOWN)),
+        utterance_end_ms=_int(query, "utterance_end_ms", 0, 0, 60_000) or 0,
+        vad_events=_bool(query, "vad_events", False),
     )
 
 

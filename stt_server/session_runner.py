@@ -6,12 +6,17 @@ audio received is still decoded and transcribed and its finals sent (if anyone i
 before the session ends: nothing received is lost. The same holds when the server stops
 reading: on a graceful drain (close 1001), an idle timeout (1011) or the session's maximum
 duration (1008), the audio received so far is transcribed and its finals sent before the close.
+
+Backpressure: while the engine holds more than ``limits.max_backlog_seconds`` of this session's
+audio untranscribed, the reader stops reading, so TCP slows the sender down and memory stays
+bounded whatever a client sends. There is no deadline on finishing: the engine scheduler bounds
+each engine call instead, and audio that cannot be transcribed (a hung call, the drain deadline)
+is reported to the client in an Error with its length, and the close is never 1000.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,29 +32,14 @@ from .config import LimitsConfig
 from .errors import AudioError, ProtocolError, ProviderError, SttServerError
 from .handshake import SessionContext
 from .metrics import AudioClock, Metrics, SessionMetrics
-from .protocols import AudioIn, CloseStream, Finalize, KeepAlive, WireProtocol
+from .protocols import AudioIn, CloseStream, Finalize, KeepAlive, SetAudioFormat, WireProtocol
 from .providers import Provider, TranscriptionStream
 from .results import Result
+from .session_state import DRAIN_REASON, SessionState, Stop
 
-# Close codes (RFC 6455 and the registry): documented in the README's protocol section.
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001  # the server is draining for shutdown
-CLOSE_POLICY = 1008  # bad audio, as Deepgram does; the session's maximum duration
-CLOSE_TOO_BIG = 1009  # a text frame over limits.max_base64_message_bytes
-CLOSE_INTERNAL = 1011  # engine failure; idle timeout, as Deepgram does
+__all__ = ["DRAIN_REASON", "SessionRunner", "SessionStats"]
 
-DRAIN_REASON = "server shutting down"
 DEFAULT_LIMITS = LimitsConfig()
-# Once draining, frames already on their way are still read until none comes for this long.
-DRAIN_READ_GRACE = 0.1
-
-
-class _Stop(enum.Enum):
-    """Why the reader stopped reading without the client closing or going away."""
-
-    DRAIN = "drain"
-    IDLE = "idle"
-    MAX_DURATION = "max_duration"
 
 
 @dataclass
@@ -61,11 +51,15 @@ class SessionStats:
     results_out: int = 0
     finals_out: int = 0
     errors_out: int = 0
+    # Time the reader spent held back by backpressure, and audio that was never transcribed.
+    held_seconds: float = 0.0
+    untranscribed_seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         return {"duration_s": round(time.monotonic() - self.started, 3), "audio_s": round(self.audio_seconds, 3),
                 "frames_in": self.frames_in, "bytes_in": self.bytes_in, "results": self.results_out,
-                "finals": self.finals_out, "errors": self.errors_out}
+                "finals": self.finals_out, "errors": self.errors_out, "held_s": round(self.held_seconds, 3),
+                "untranscribed_s": round(self.untranscribed_seconds, 3)}
 
 
 class SessionRunner:
@@ -77,7 +71,6 @@ class SessionRunner:
         provider: Provider,
         *,
         logger: Any,
-        flush_timeout: float,
         on_result: Callable[[SessionContext, Result], Awaitable[None]] | None = None,
         limits: LimitsConfig = DEFAULT_LIMITS,
         metrics: SessionMetrics | None = None,
@@ -87,26 +80,21 @@ class SessionRunner:
         self.protocol = protocol
         self.provider = provider
         self.log = logger.bind(**context.log_fields())
-        self.flush_timeout = flush_timeout
         self.on_result = on_result
         self.limits = limits
         # A server passes its own; alone (in a unit test, say) a runner counts into a private registry.
         self.metrics = metrics or Metrics().session(context.params.provider)
         self.stats = SessionStats()
         self.stream_format: AudioFormat = provider.input_format(context.params.audio)
-        self._close: tuple[int, str] | None = None  # first reason to close wins
+        # Every decision about how the session ends lives in the pure state machine.
+        self.state = SessionState(limits, self.stats.started)
         self._decoder: AudioDecoder = PassthroughDecoder()  # replaced in _run()
-        self._draining = asyncio.Event()
-        self._told_draining = False
+        self._draining = asyncio.Event()  # wakes a reader blocked in recv()
         self._clock = AudioClock()
-        self._last_activity = self.stats.started  # last audio or KeepAlive, for the idle timeout
-
-    def _request_close(self, code: int, reason: str) -> None:
-        if self._close is None:
-            self._close = (code, reason)
 
     def drain(self) -> None:
-        """Graceful shutdown: stop reading soon, transcribe what came, send finals, close 1001."""
+        """Graceful shutdown: stop reading, transcribe what came, send finals, close 1001."""
+        self.state.drain()
         self._draining.set()
 
     async def run(self) -> None:
@@ -114,7 +102,7 @@ class SessionRunner:
         try:
             await self._run()
         finally:
-            self.metrics.closed(self.connection.close_code or (self._close or (CLOSE_GOING_AWAY, ""))[0])
+            self.metrics.closed(self.connection.close_code or self.state.final_close().code)
 
     async def _run(self) -> None:
         params = self.context.params
@@ -148,42 +136,61 @@ class SessionRunner:
             if audio_error is not None:
                 self.log.info("bad audio", code=audio_error.code, reason=audio_error.message)
                 self.metrics.decode_error()
-                self._request_close(audio_error.close_code, audio_error.code)
+                self.state.bad_audio(audio_error, fatal=True)
         except ProviderError as error:
             await self._report(error)
-            self._request_close(error.close_code, error.code)
+            self.state.engine_failed(error)
         except asyncio.CancelledError:  # cut at the drain deadline: drop what is left
             cut = True
             raise
         finally:
             self._decoder.close()
             if cut:
-                await stream.abort()
+                await self._cut(stream)
                 sender.cancel()
             else:
                 await self._finish_stream(stream, sender)
-        if audio_error is not None:
-            await self._report(audio_error)
-        code, reason = self._close or (CLOSE_NORMAL, "")
         if not client_gone:
-            await self.connection.close(code, reason)
-        self.log.info("session closed", close_code=self.connection.close_code or code, reason=reason,
+            await self._send(self.protocol.closing())
+        if audio_error is not None:  # last: the reason for the close
+            await self._report(audio_error)
+        close = self.state.final_close()
+        if not client_gone:
+            await self._close_connection(close.code, close.reason)
+        self.log.info("session closed", close_code=self.connection.close_code or close.code, reason=close.reason,
                       client_gone=client_gone, **self.stats.summary())
+
+    async def _close_connection(self, code: int, reason: str) -> None:
+        """Close, dropping whatever the client still sends meanwhile: the reader stopped (a
+        drain, a limit), and frames left unread would keep the client's answer to our close
+        frame from being read until close_timeout."""
+        discard = asyncio.create_task(self._discard_frames())
+        try:
+            await self.connection.close(code, reason)
+        finally:
+            discard.cancel()
+
+    async def _discard_frames(self) -> None:
+        try:
+            while True:
+                await self.connection.recv()
+        except ConnectionClosed:
+            pass
 
     async def _read_frames(self, stream: TranscriptionStream) -> bool:
         """Read until CloseStream, a limit or a drain (False), or the client goes away (True)."""
         try:
             while True:
                 frame = await self._next_frame()
-                if isinstance(frame, _Stop):
-                    self._stop_reading(frame)
+                if isinstance(frame, Stop):
+                    close = self.state.stop(frame)
+                    if frame is not Stop.DRAIN:
+                        self.log.info("stopped reading", why=frame.value, reason=close.reason)
                     return False
                 arrived = time.monotonic()
                 self.stats.frames_in += 1
                 self.metrics.message()
-                if isinstance(frame, str) and len(frame) > self.limits.max_base64_message_bytes:
-                    self._request_close(CLOSE_TOO_BIG, f"message_too_big: text frames are limited to "
-                                                       f"{self.limits.max_base64_message_bytes} bytes")
+                if isinstance(frame, str) and not self.state.text_frame(len(frame)):
                     return False
                 try:
                     events = self.protocol.parse(frame)
@@ -192,23 +199,28 @@ class SessionRunner:
                     continue
                 for event in events:
                     if isinstance(event, AudioIn):
-                        self._last_activity = arrived
+                        self.state.activity(arrived)
                         self.stats.bytes_in += len(event.data)
                         self.metrics.audio(len(event.data))
                         if not await self._decode_and_feed(stream, event.data, arrived):
                             break
+                        await self._hold_while_engine_behind(stream)
                     elif isinstance(event, Finalize):
                         await stream.finalize()
                     elif isinstance(event, CloseStream):
                         return False
                     elif isinstance(event, KeepAlive):
-                        self._last_activity = arrived
+                        self.state.activity(arrived)
+                    elif isinstance(event, SetAudioFormat):  # named in-band (vosk, WhisperLive)
+                        await self._feed(stream, await self._decoder.finish(), arrived)
+                        self._decoder.close()
+                        self._decoder = open_decoder(event.audio, self.stream_format)
                 await self._send(self.protocol.acknowledge())
-                if self._close is not None:  # the sender saw a fatal engine error
+                if self.state.close is not None:  # the sender saw a fatal engine error
                     return False
         except ConnectionClosed:
             # The client went away, or the sender closed the connection after an engine failure.
-            return self._close is None
+            return self.state.close is None
 
     async def _decode_and_feed(self, stream: TranscriptionStream, data: bytes, arrived: float) -> bool:
         """Decode one chunk and feed it; False when bad audio was reported and the session
@@ -217,7 +229,7 @@ class SessionRunner:
             await self._feed(stream, await self._decoder.decode(data), arrived)
             return True
         except AudioError as error:
-            if self.protocol.audio_errors_are_fatal:
+            if self.state.bad_audio(error, fatal=self.protocol.audio_errors_are_fatal):
                 raise
             self.log.info("bad audio; starting a fresh decoder", code=error.code, reason=error.message)
             self.metrics.decode_error()
@@ -231,19 +243,25 @@ class SessionRunner:
                 broken.close()
             return False
 
-    async def _next_frame(self) -> str | bytes | _Stop:
+    async def _hold_while_engine_behind(self, stream: TranscriptionStream) -> None:
+        """Backpressure: stop reading while the engine is too far behind on this session."""
+        limit = self.limits.max_backlog_seconds
+        if not limit or stream.backlog_seconds() <= limit:
+            return
+        waited = await stream.wait_for_room(limit)
+        self.stats.held_seconds += waited
+        self.metrics.held(waited)
+        self.state.held(time.monotonic())
+
+    async def _next_frame(self) -> str | bytes | Stop:
         """The next client frame, or why reading stops now (drain, idle, maximum duration)."""
-        if self._draining.is_set():
-            if not self._told_draining:
-                self._told_draining = True
+        timeout, why = self.state.next_stop(time.monotonic())
+        if why is Stop.DRAIN:
+            if self.state.tell_draining():
                 self.log.info("draining: transcribing the audio received")
                 await self._send(self.protocol.draining(
                     "server shutting down: transcribing the audio received, then closing with 1001"))
-            try:  # frames already on their way count as received
-                return await asyncio.wait_for(self.connection.recv(), DRAIN_READ_GRACE)
-            except TimeoutError:
-                return _Stop.DRAIN
-        timeout, why = self._next_deadline()
+            return why
         if timeout is not None and timeout <= 0:
             return why
         receive = asyncio.ensure_future(self.connection.recv())
@@ -257,33 +275,7 @@ class SessionRunner:
                 await asyncio.wait({receive})  # no second recv() while this one unwinds
         if not receive.cancelled():
             return receive.result()  # a frame, or ConnectionClosed
-        if self._draining.is_set():
-            return await self._next_frame()
-        return why
-
-    def _next_deadline(self) -> tuple[float | None, _Stop]:
-        """Seconds until the idle timeout or the maximum duration, whichever comes first."""
-        now = time.monotonic()
-        deadlines = []
-        if self.limits.idle_timeout_seconds:
-            deadlines.append((self._last_activity + self.limits.idle_timeout_seconds - now, _Stop.IDLE))
-        if self.limits.max_session_seconds:
-            deadlines.append((self.stats.started + self.limits.max_session_seconds - now, _Stop.MAX_DURATION))
-        if not deadlines:
-            return None, _Stop.IDLE
-        return min(deadlines, key=lambda pair: pair[0])
-
-    def _stop_reading(self, why: _Stop) -> None:
-        if why is _Stop.DRAIN:
-            self._request_close(CLOSE_GOING_AWAY, DRAIN_REASON)
-        elif why is _Stop.IDLE:
-            seconds = f"{self.limits.idle_timeout_seconds:g}"
-            self.log.info("idle timeout", idle_timeout_s=self.limits.idle_timeout_seconds)
-            self._request_close(CLOSE_INTERNAL, f"idle_timeout: no audio or KeepAlive for {seconds} s")
-        else:
-            seconds = f"{self.limits.max_session_seconds:g}"
-            self.log.info("maximum session duration reached", max_session_s=self.limits.max_session_seconds)
-            self._request_close(CLOSE_POLICY, f"max_duration: sessions are limited to {seconds} s")
+        return await self._next_frame()  # drained, or a deadline passed: ask the state again
 
     async def _feed(self, stream: TranscriptionStream, audio: bytes, arrived: float) -> None:
         if not audio:
@@ -296,22 +288,42 @@ class SessionRunner:
         await stream.send_audio(audio)
 
     async def _finish_stream(self, stream: TranscriptionStream, sender: asyncio.Task[None]) -> None:
-        """End the stream and wait (bounded) for its last finals to be sent."""
+        """End the stream and wait for its last finals to be sent.
+
+        No deadline here: every engine call is bounded by the scheduler's call timeout, and a
+        stream that fails ends its results with the error, which the sender reports."""
         try:
-            await asyncio.wait_for(stream.close(), self.flush_timeout)
-            await asyncio.wait_for(asyncio.shield(sender), self.flush_timeout)
+            await stream.close()
+            await asyncio.shield(sender)
         except asyncio.CancelledError:  # the session is being cut (drain deadline): stop now
-            await stream.abort()
+            await self._cut(stream)
             sender.cancel()
             raise
-        except (TimeoutError, ProviderError) as exc:
-            self.log.warning("engine did not finish in time; dropping its last results",
-                             error=type(exc).__name__)
-            await stream.abort()
-            sender.cancel()
+        except ProviderError:
+            await asyncio.shield(sender)  # the same failure reaches the client through results()
         except Exception:
             self.log.exception("engine failed while finishing")
+            self._lose(stream, "the engine failed")
             sender.cancel()
+
+    async def _cut(self, stream: TranscriptionStream) -> None:
+        """Cut at the drain deadline: tell the client what was not transcribed, then abort."""
+        lost = self._lose(stream, "the server's drain deadline passed")
+        await stream.abort()
+        if lost > 0:
+            await self._report(ProviderError(
+                f"server shutting down: {lost:.1f} s of the audio received were not transcribed "
+                "before the drain deadline", code="untranscribed_audio"))
+
+    def _lose(self, stream: TranscriptionStream, why: str) -> float:
+        """Account for audio that will not be transcribed: the log, the metrics, the summary."""
+        seconds = stream.untranscribed_seconds()
+        if seconds > 0:
+            self.state.lost(seconds)
+            self.stats.untranscribed_seconds += seconds
+            self.metrics.untranscribed(seconds)
+            self.log.warning("audio not transcribed", seconds=round(seconds, 3), reason=why)
+        return seconds
 
     async def _send_results(self, stream: TranscriptionStream) -> None:
         interim = self.context.params.interim_results
@@ -332,10 +344,15 @@ class SessionRunner:
             else:
                 self.log.exception("engine crashed")
                 error = ProviderError(f"engine failed: {type(exc).__name__}", code="provider_crashed")
+            lost = self._lose(stream, error.code)
+            if lost > 0:
+                error = type(error)(f"{error.message}; {lost:.1f} s of the audio received were not "
+                                    "transcribed", code=error.code)
             await self._report(error)
-            self._request_close(error.close_code, error.code)
+            self.state.engine_failed(error)
             # Stop the reader: it is waiting for frames that no longer matter.
-            await self.connection.close(*self._close)  # type: ignore[misc]
+            close = self.state.final_close()
+            await self.connection.close(close.code, close.reason)
 
     def _observe(self, result: Result) -> None:
         self.metrics.result_sent(result, self._clock.latency(result.end, time.monotonic()))
@@ -361,7 +378,7 @@ class SessionRunner:
             "request_id": self.context.session_id,
             "created": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "provider": params.provider,
-            "model_info": dict(self.provider.describe()),
+            "model_info": dict(self.provider.describe_session(params)),
             "language": params.language,
             "encoding": params.audio.encoding,
             "sample_rate": params.audio.sample_rate,

@@ -4,6 +4,7 @@ Format, one entry per line, ``#`` starts a comment::
 
     # token-or-hash          name     options
     sha256:9f86d08...        kiosk-1  providers=whisper,google max_sessions=2
+    sha256:3a7bd3e...        berlin   models=base,tiny.en
     s3cr3t-plain-token       laptop
 
 Lookups go by the token's SHA-256 (a dict, so no scan), then a constant-time compare.
@@ -33,9 +34,15 @@ class TokenEntry:
     providers: frozenset[str] | None = None  # None = any enabled provider
     max_sessions: int | None = None
     line: int = 0
+    # Models (?model=) this token may use, in the file's order; the first is its default.
+    # None = any model the provider enables.
+    models: tuple[str, ...] | None = None
 
     def allows(self, provider: str) -> bool:
         return self.providers is None or provider in self.providers
+
+    def allows_model(self, model: str) -> bool:
+        return self.models is None or model in self.models
 
 
 @dataclass(frozen=True)
@@ -90,26 +97,31 @@ def _parse_line(line: str, number: int) -> TokenEntry:
         raise ValueError(f"name {name!r} may hold only letters, digits and -_.@")
     providers: frozenset[str] | None = None
     max_sessions: int | None = None
+    models: tuple[str, ...] | None = None
     for option in options:
         key, sep, value = option.partition("=")
         if not sep or not value:
             raise ValueError(f"option {option!r} is not key=value")
         if key == "providers":
             providers = frozenset(p for p in value.split(",") if p)
+        elif key == "models":
+            models = tuple(dict.fromkeys(m for m in value.split(",") if m))
         elif key == "max_sessions":
             if not value.isdigit() or int(value) < 1:
                 raise ValueError(f"max_sessions must be a positive integer, got {value!r}")
             max_sessions = int(value)
         else:
-            raise ValueError(f"unknown option {key!r} (known: providers, max_sessions)")
-    return TokenEntry(name, digest, providers, max_sessions, number)
+            raise ValueError(f"unknown option {key!r} (known: providers, models, max_sessions)")
+    return TokenEntry(name, digest, providers, max_sessions, number, models=models or None)
 
 
 def format_entry(token_digest: str, name: str, providers: frozenset[str] | None = None,
-                 max_sessions: int | None = None) -> str:
+                 max_sessions: int | None = None, models: tuple[str, ...] | None = None) -> str:
     parts = [HASH_PREFIX + token_digest, name]
     if providers:
         parts.append("providers=" + ",".join(sorted(providers)))
+    if models:
+        parts.append("models=" + ",".join(models))
     if max_sessions:
         parts.append(f"max_sessions={max_sessions}")
     return " ".join(parts)
@@ -139,6 +151,12 @@ class TokenTable:
         if not entry.allows(provider):
             raise ForbiddenError(f"token {entry.name!r} may not use provider {provider!r}",
                                  code="provider_forbidden")
+
+    @staticmethod
+    def check_model(entry: TokenEntry, model: str) -> None:
+        if not entry.allows_model(model):
+            raise ForbiddenError(f"token {entry.name!r} may not use model {model!r} "
+                                 f"(allowed: {', '.join(entry.models or ())})", code="model_forbidden")
 
 
 class TokenStore:
@@ -191,14 +209,14 @@ def ensure_token_file(path: Path) -> str | None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     token = new_token()
-    header = ("# stt_server tokens: <token or sha256:hex> <name> [providers=a,b] [max_sessions=N]\n"
+    header = ("# stt_server tokens: <token or sha256:hex> <name> [providers=a,b] [models=x,y] [max_sessions=N]\n"
               "# Add one with: stt-server tokens add NAME\n")
     _write_private(path, header + format_entry(digest_of(token), "default") + "\n", exclusive=True)
     return token
 
 
 def add_token(path: Path, name: str, providers: frozenset[str] | None = None,
-              max_sessions: int | None = None) -> str:
+              max_sessions: int | None = None, models: tuple[str, ...] | None = None) -> str:
     """Append a hashed entry for a fresh token; return the token (shown once, never stored)."""
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     entries, _ = parse_token_file(text)
@@ -208,7 +226,7 @@ def add_token(path: Path, name: str, providers: frozenset[str] | None = None,
     token = new_token()
     if text and not text.endswith("\n"):
         text += "\n"
-    _write_private(path, text + format_entry(digest_of(token), name, providers, max_sessions) + "\n")
+    _write_private(path, text + format_entry(digest_of(token), name, providers, max_sessions, models) + "\n")
     return token
 
 

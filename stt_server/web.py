@@ -8,11 +8,12 @@ no CDN: everything it uses ships in the package.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 STATIC_FOLDER = "static"
 
@@ -40,6 +41,9 @@ _CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'
         "frame-ancestors 'none'")
 
 PROVIDERS_PATH = "/v1/providers"
+# ``GET /v1/listen?...&check=1`` without an upgrade: every handshake check, then 200 or the
+# refusal's JSON body (a browser cannot read the body of a refused websocket upgrade).
+CHECK_PARAMETER = "check"
 
 
 @dataclass(frozen=True)
@@ -69,12 +73,30 @@ def _load(name: str) -> StaticFile:
     return StaticFile(body, CONTENT_TYPES.get(suffix, "application/octet-stream"))
 
 
+def asks_for_check(target: str) -> bool:
+    """Whether a request target (path and query) asks for a handshake dry run."""
+    values = parse_qs(urlsplit(target).query).get(CHECK_PARAMETER, [])
+    return any(value.lower() in ("1", "true", "yes") for value in values)
+
+
 def providers_body(*, enabled: Collection[str], default: str, language: str,
-                   allowed: Collection[str] | None = None) -> bytes:
+                   allowed: Collection[str] | None = None,
+                   languages: Mapping[str, Sequence[str] | None] | None = None) -> bytes:
     """``GET /v1/providers``: what a client may choose. ``allowed`` narrows the list to what a
-    presented token may use (None: no token presented, every enabled provider)."""
+    presented token may use (None: no token presented, every enabled provider).
+
+    ``providers`` stays a list of names (what clients read since the first release); ``details``
+    holds one object per provider that later keys can join (models, say). ``languages`` is a
+    list of primary subtags ("en") or null for "any tag; the engine decides".
+    """
     names = sorted(name for name in enabled if allowed is None or name in allowed)
     fallback = names[0] if names else None
+    known = languages or {}
+    details = [{"name": name, "languages": _language_list(known.get(name))} for name in names]
     body: dict[str, Any] = {"providers": names, "default": default if default in names else fallback,
-                            "language": language}
+                            "language": language, "details": details}
     return json.dumps(body).encode() + b"\n"
+
+
+def _language_list(languages: Sequence[str] | None) -> list[str] | None:
+    return None if languages is None else sorted(set(languages))

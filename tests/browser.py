@@ -50,7 +50,10 @@ def write_mic_wav(path: Path, *, lead_s: float = 0.5, tail_s: float = 1.0) -> Pa
 
 
 @contextmanager
-def chromium(mic_wav: Path, profile_dir: Path, *, width: int = 1280, height: int = 800) -> Iterator[Any]:
+def chromium(mic_wav: Path, profile_dir: Path, *, width: int = 1280, height: int = 800, loop: bool = False,
+             extra_flags: tuple[str, ...] = ()) -> Iterator[Any]:
+    """``loop``: the recording plays again and again (a kiosk that hears people all day);
+    ``extra_flags``: more command-line switches, as a kiosk browser would be started with."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -60,8 +63,9 @@ def chromium(mic_wav: Path, profile_dir: Path, *, width: int = 1280, height: int
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                 f"--use-file-for-fake-audio-capture={mic_wav}%noloop", f"--user-data-dir={profile_dir}",
-                 f"--window-size={width},{height}", "--hide-scrollbars", "--force-device-scale-factor=1"):
+                 f"--use-file-for-fake-audio-capture={mic_wav}{'' if loop else '%noloop'}",
+                 f"--user-data-dir={profile_dir}", f"--window-size={width},{height}", "--hide-scrollbars",
+                 "--force-device-scale-factor=1", *extra_flags):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
@@ -75,6 +79,19 @@ def emulate_viewport(driver: Any, width: int, height: int, *, mobile: bool) -> N
     """Exact viewport (window sizes include browser chrome, and headless has a minimum width)."""
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile})
+
+
+def allow_downloads(driver: Any, folder: Path) -> None:
+    """Save downloads into ``folder`` without asking (headless Chromium drops them otherwise)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(folder)})
+
+
+def downloaded(folder: Path, suffix: str, timeout: float = 10) -> Path:
+    """The file with ``suffix`` once Chromium has finished writing it."""
+    found = wait_for(lambda: [p for p in folder.glob(f"*{suffix}") if p.stat().st_size > 0], timeout)
+    assert found, f"no *{suffix} in {folder}: {list(folder.iterdir())}"
+    return found[0]
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.25) -> Any:

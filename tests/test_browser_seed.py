@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from browser import ARTIFACTS, chromium, console_log, require_chromium, static_site, wait_for, write_mic_wav
 from conftest import LiveServer, start_live_server
-from support import JFK_TEXT, REPO, wer
+from support import JFK_TEXT, wer
 
 SEED_CLIENT = Path(__file__).with_name("seed_client") / "seed_client.js"
 SEED_DOCUMENT = Path(__file__).with_name("data") / "seed_design.txt"

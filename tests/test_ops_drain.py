@@ -75,8 +75,9 @@ async def test_drain_during_20_live_streams_loses_no_final(make_server, short_pc
     total = 0
     for _, transcript, _ in streams:
         types = [m["type"] for m in transcript.messages]
-        assert types[0] == "Metadata" and "Draining" in types
-        assert all(t == "Results" for t in types[types.index("Draining") + 1:])  # finals follow the notice
+        # Nothing Deepgram's SDKs could not type: the opening Metadata, results, the closing Metadata.
+        assert types[0] == "Metadata" and types[-1] == "Metadata"
+        assert all(t == "Results" for t in types[1:-1])
         assert transcript.close_code == 1001, transcript.close_reason
         assert len(transcript.finals) == expected
         assert words(transcript) == words(reference)
@@ -96,3 +97,45 @@ async def test_drain_timeout_cuts_what_cannot_finish(make_server) -> None:
     assert finished is False and time.monotonic() - began < 3
     await asyncio.wait_for(reader, 10)
     assert transcript.close_code == 1001
+
+
+async def test_clients_that_keep_sending_do_not_stretch_the_drain(make_server) -> None:
+    live = make_server()
+    pcm = load_pcm16(JFK_FLAC)
+    url = live.url(interim_results="false")
+    clients = []
+    for _ in range(3):
+        ws = await websockets.connect(url, max_size=None)
+        transcript = Transcript()
+        clients.append((ws, transcript, asyncio.create_task(collect(ws, transcript))))
+
+    async def keep_sending(ws: websockets.ClientConnection) -> None:
+        """Real time, forever: the drain must not wait for this client to stop."""
+        try:
+            for chunk in chunked(pcm * 20, CHUNK):
+                await ws.send(chunk)
+                await asyncio.sleep(0.1)
+        except websockets.ConnectionClosed:
+            pass
+
+    senders = [asyncio.create_task(keep_sending(ws)) for ws, _, _ in clients]
+    await asyncio.sleep(6)
+    timeout = 30.0  # the clients would send for 220 s: reading them would overrun it
+    began = time.monotonic()
+    drained = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(live.server.drain(timeout), live.loop))
+    await wait_until(lambda: live.server.draining, what="drain to start")
+    read_at_drain = [r.stats.bytes_in for r in live.server.open_sessions()]
+    runners = list(live.server.open_sessions())
+    assert await asyncio.wait_for(drained, timeout + 5) is True  # every session finished, none cut
+    assert time.monotonic() - began < timeout + 1
+    await asyncio.gather(*(asyncio.wait_for(reader, 10) for _, _, reader in clients))
+    for task in senders:
+        task.cancel()
+    # Nothing was read after the drain began, and all that was read was transcribed.
+    assert [r.stats.bytes_in for r in runners] == read_at_drain
+    assert all(r.stats.untranscribed_seconds == 0 for r in runners)
+    for _, transcript, _ in clients:
+        assert transcript.close_code == 1001, transcript.close_reason
+        assert transcript.finals and not transcript.of_type("Error")
+        # About 6 s were read before the drain: "And so my fellow Americans, ask not ..."
+        assert "fellow americans ask not" in " ".join(words(transcript))

@@ -71,3 +71,22 @@ def test_cli_lists_plugins_and_whether_they_load(plugin_path: Path, tmp_path: Pa
     assert "entry point" in lines["echo"] and "(can load)" in lines["echo"]
     assert "cannot load" in lines["broken"] and "libfoo.so missing" in lines["broken"]
     assert "enabled" in lines["whisper"] and "(can load)" in lines["whisper"]
+
+
+def test_cli_says_cannot_load_when_an_engines_package_is_missing(tmp_path: Path) -> None:
+    """pocketsphinx is installed here, so the CLI is run with it made unimportable the way
+    Python itself allows (``sys.modules[name] = None``): a stand-in for an uninstalled package."""
+    repo = Path(__file__).resolve().parent.parent
+    script = ("import sys; sys.modules['pocketsphinx'] = None; from stt_server.cli import main; "
+              "sys.exit(main(['providers']))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), *sys.path])}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines()}
+    assert "cannot load: pocketsphinx not installed" in lines["pocketsphinx"], lines["pocketsphinx"]
+    assert "(can load)" in lines["whisper"]
+    # And with the package present, the same command says it can load.
+    present = subprocess.run([sys.executable, "-m", "stt_server.cli", "providers"], capture_output=True,
+                             text=True, env=env, cwd=tmp_path, timeout=120)
+    assert "(can load)" in {line.split()[0]: line for line in present.stdout.splitlines()}["pocketsphinx"]

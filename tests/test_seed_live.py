@@ -213,7 +213,10 @@ def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict
 async def test_providers_endpoint(seed_server: LiveServer) -> None:
     status, headers, body = await asyncio.to_thread(http_get, seed_server.http_url + "/v1/providers")
     assert status == 200 and headers["Content-Type"] == "application/json"
-    assert json.loads(body) == {"providers": ["echo", "null"], "default": "echo", "language": "en-US"}
+    listed = json.loads(body)
+    assert {key: listed[key] for key in ("providers", "default", "language")} == {
+        "providers": ["echo", "null"], "default": "echo", "language": "en-US"}
+    assert [entry["name"] for entry in listed["details"]] == ["echo", "null"]
     token = seed_server.tokens["nullonly"]
     status, _, body = await asyncio.to_thread(http_get, seed_server.http_url + "/v1/providers",
                                               {"Authorization": f"Bearer {token}"})

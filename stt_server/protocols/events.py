@@ -8,10 +8,14 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..audio_format import AudioFormat
 from ..errors import ProtocolError, SttServerError
 from ..results import Result
+
+if TYPE_CHECKING:
+    from ..session import SessionParams
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,15 @@ class CloseStream:
     pass
 
 
-ClientEvent = AudioIn | KeepAlive | Finalize | CloseStream
+@dataclass(frozen=True)
+class SetAudioFormat:
+    """The client said, after the upgrade, what its audio is (vosk's ``config``, WhisperLive's
+    float32): audio from here on is decoded as ``audio``."""
+
+    audio: AudioFormat
+
+
+ClientEvent = AudioIn | KeepAlive | Finalize | CloseStream | SetAudioFormat
 
 
 class WireProtocol(ABC):
@@ -43,6 +55,11 @@ class WireProtocol(ABC):
     #: Whether undecodable audio ends the session (Deepgram closes with 1008). A protocol that
     #: says False gets an :meth:`error` frame and a fresh decoder, and the session goes on.
     audio_errors_are_fatal: bool = True
+
+    @classmethod
+    def for_session(cls, params: SessionParams) -> WireProtocol:
+        """A fresh protocol object for one session (the registry calls this)."""
+        return cls()
 
     @abstractmethod
     def opening(self, metadata: Mapping[str, Any]) -> list[str]:
@@ -68,6 +85,11 @@ class WireProtocol(ABC):
     def draining(self, message: str) -> list[str]:
         """Frames telling the client the server is shutting down: the audio it has sent is being
         transcribed, its finals follow, then a 1001 close. None by default (the close says it)."""
+        return []
+
+    def closing(self) -> list[str]:
+        """Frames sent after the last result, just before the server closes (Deepgram's closing
+        Metadata, vosk's answer to ``eof``, WhisperLive's last segments)."""
         return []
 
 

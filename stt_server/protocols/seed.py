@@ -31,6 +31,7 @@ from typing import Any
 
 from ..errors import AudioError, ProtocolError, ProviderError, SttServerError
 from ..results import Result
+from ..session import SessionParams
 from .events import AudioIn, ClientEvent, WireProtocol, decode_base64_audio, parse_json_object
 
 TRANSCRIBE = "transcribe"
@@ -110,6 +111,10 @@ class SeedProtocol(WireProtocol):
         # Latest request_id of a transcribe message: result-driven replies carry it.
         self._latest_request_id: Any = None
         self._replied_text: str | None = None
+
+    @classmethod
+    def for_session(cls, params: SessionParams) -> SeedProtocol:
+        return cls()
 
     def opening(self, metadata: Mapping[str, Any]) -> list[str]:
         return []  # the seed's consumer sent nothing on connect

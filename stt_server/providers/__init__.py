@@ -71,9 +71,14 @@ def create(entry: ProviderConfig, specs: Mapping[str, ProviderSpec], source: str
                           f"(known: {', '.join(sorted(specs))}); set 'module: package.module:Class'")
     cls = load_class(spec)
     raw = dict(entry.options)
+    # Values that are names rather than paths (a model name such as "tiny.en") stay as they are.
+    not_paths: frozenset[str] = getattr(cls, "not_paths", frozenset())
     for name in cls.path_options:
         value = raw.get(name)
-        if isinstance(value, str) and value:
+        if isinstance(value, str) and value and value not in not_paths:
             raw[name] = str(resolve_config_path(value, source))
+        elif isinstance(value, list):
+            raw[name] = [str(resolve_config_path(item, source))
+                         if isinstance(item, str) and item and item not in not_paths else item for item in value]
     options: Any = build(cls.Options, raw, key=f"providers.{entry.name}", source=source)
     return cls(options)

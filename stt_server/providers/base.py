@@ -8,14 +8,17 @@ provider's own bounded executor, or another process.
 from __future__ import annotations
 
 import asyncio
+import importlib
+import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from ..audio_format import AudioFormat, pcm16_mono
 from ..errors import ProviderError
 from ..results import Result
 from ..session import SessionParams
+from .scheduler import SchedulerStats
 
 
 class TranscriptionStream(ABC):
@@ -30,6 +33,36 @@ class TranscriptionStream(ABC):
 
     def __init__(self) -> None:
         self._results: asyncio.Queue[Result | BaseException | None] = asyncio.Queue()
+        # Set whenever the backlog shrinks or the results end: wakes a session held back by
+        # backpressure (see :meth:`wait_for_room`).
+        self._room = asyncio.Event()
+        self._results_ended = False
+
+    def backlog_seconds(self) -> float:
+        """Seconds of audio received and handed to the engine but not yet transcribed.
+
+        The session stops reading its socket while this is above ``limits.max_backlog_seconds``,
+        so a fast sender is slowed down by TCP instead of filling memory. Engines that keep up
+        by construction (a network service streaming at its own pace) keep the default 0."""
+        return 0.0
+
+    def untranscribed_seconds(self) -> float:
+        """Seconds of received audio that would be lost if the stream ended now (abort, failure):
+        the backlog plus any utterance still open. Reported to the client and the log."""
+        return self.backlog_seconds()
+
+    def backlog_shrank(self) -> None:
+        """Providers call this when work for this stream finishes."""
+        self._room.set()
+
+    async def wait_for_room(self, max_backlog_seconds: float) -> float:
+        """Wait until the backlog is at most ``max_backlog_seconds`` (or the results ended);
+        returns the seconds waited."""
+        began = time.monotonic()
+        while self.backlog_seconds() > max_backlog_seconds and not self._results_ended:
+            self._room.clear()
+            await self._room.wait()
+        return time.monotonic() - began
 
     @abstractmethod
     async def send_audio(self, audio: bytes) -> None:
@@ -51,10 +84,14 @@ class TranscriptionStream(ABC):
         self._results.put_nowait(result)
 
     def end_results(self) -> None:
+        self._results_ended = True
+        self._room.set()
         self._results.put_nowait(None)
 
     def fail(self, error: ProviderError) -> None:
         """End the results with an error the session reports to the client."""
+        self._results_ended = True
+        self._room.set()
         self._results.put_nowait(error)
 
     async def results(self) -> AsyncIterator[Result]:
@@ -77,16 +114,34 @@ class Provider(ABC):
     #: Options that are file paths: a relative one is taken relative to the config file's
     #: folder (as tokens.file is), so a service's working directory does not matter.
     path_options: ClassVar[tuple[str, ...]] = ()
+    #: Modules the engine imports only when it starts (to keep ``import`` cheap). Listed here so
+    #: ``stt-server providers`` can say truthfully whether the engine can load.
+    required_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: Any) -> None:
         self.options = options
         #: Set by the server: called with the seconds each engine call took (for metrics).
         self.inference_observer: Callable[[float], None] | None = None
+        #: Set by the server: called with (batch size, call seconds, each job's queue wait).
+        self.batch_observer: Callable[[int, float, Sequence[float]], None] | None = None
+        #: Set by the server before start() (limits.engine_call_timeout_seconds): an engine call
+        #: running longer fails only the session it belongs to.
+        self.call_timeout: float = 60.0
 
     def record_inference(self, seconds: float) -> None:
         """Providers call this after each engine call (a decode, a request round trip)."""
         if self.inference_observer is not None:
             self.inference_observer(seconds)
+
+    def record_batch(self, size: int, seconds: float, waits: Sequence[float]) -> None:
+        """Providers with an :class:`EngineScheduler` call this after each call (any thread)."""
+        self.record_inference(seconds)
+        if self.batch_observer is not None:
+            self.batch_observer(size, seconds, waits)
+
+    def scheduler_stats(self) -> SchedulerStats | None:
+        """The engine scheduler's queue figures, for admission and metrics; None without one."""
+        return None
 
     def input_format(self, client_format: AudioFormat) -> AudioFormat:
         """The format the stream wants. Default: 16 kHz mono PCM16, decoded by the server.
@@ -106,9 +161,29 @@ class Provider(ABC):
     def is_ready(self) -> bool:
         return True
 
+    @classmethod
+    def missing_modules(cls) -> list[str]:
+        """The :attr:`required_modules` that cannot be imported here (empty: all present)."""
+        missing = []
+        for module in cls.required_modules:
+            try:
+                importlib.import_module(module)
+            except Exception:  # ImportError, or a broken package failing at import time
+                missing.append(module)
+        return missing
+
+    def languages(self) -> tuple[str, ...] | None:
+        """Primary language subtags this engine serves ("en", "de"), for clients' menus;
+        None: any tag is passed on to the engine (which may still refuse it)."""
+        return None
+
     def describe(self) -> Mapping[str, Any]:
         """Facts for ``stt-server providers`` and Metadata (model, device...)."""
         return {}
+
+    def describe_session(self, session: SessionParams) -> Mapping[str, Any]:
+        """The facts for one session's Metadata (the model it picked, say); default describe()."""
+        return self.describe()
 
     @abstractmethod
     def open_stream(self, session: SessionParams, audio_format: AudioFormat) -> TranscriptionStream:

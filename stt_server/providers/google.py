@@ -135,6 +135,9 @@ class GoogleProvider(Provider):
     path_options = ("credentials_file",)
     options: GoogleOptions
 
+    def languages(self) -> tuple[str, ...] | None:
+        return None  # Google serves 100+ languages and answers an unknown tag with a clear error
+
     def __init__(self, options: GoogleOptions) -> None:
         super().__init__(options)
         self._client: SpeechAsyncClient | None = None
@@ -294,6 +297,11 @@ class GoogleStream(TranscriptionStream):
             return
         self._buffer.append(audio)
         self._poke()
+
+    def backlog_seconds(self) -> float:
+        """Audio received and not yet sent to Google (sending is paced at real time): a client
+        sending faster than real time is held back by the session instead of filling memory."""
+        return max(0.0, self._buffer.time_at(self._buffer.end) - self._buffer.time_at(self._sent_max))
 
     async def finalize(self) -> None:
         if self._in_call or self._has_work():  # otherwise everything received is final already
@@ -462,6 +470,7 @@ class GoogleStream(TranscriptionStream):
                 await requests.put(StreamingRecognizeRequest(audio_content=chunk))
                 self._sent = stop
                 self._sent_max = max(self._sent_max, stop)
+                self.backlog_shrank()
                 buffer.forget_before(buffer.time_at(stop) - opts.max_resend_seconds, limit=stop)
                 continue
             if self._closing or self._finalize_asked:

@@ -36,6 +36,9 @@ class NullProvider(Provider):
     Options = NullOptions
     options: NullOptions
 
+    def languages(self) -> tuple[str, ...] | None:
+        return None  # transcribes nothing, so every language is as good as another
+
     def input_format(self, client_format: AudioFormat) -> AudioFormat:
         return client_format if self.options.passthrough else super().input_format(client_format)
 

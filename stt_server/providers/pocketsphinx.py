@@ -48,10 +48,11 @@ from typing import Any, Literal
 
 from ..audio_format import AudioFormat
 from ..config import require, within
-from ..errors import CapacityError, ProviderError, RequestError
+from ..errors import CapacityError, ProviderError
 from ..results import Result, Word
 from ..session import SessionParams
 from .base import Provider, TranscriptionStream
+from .toolkit import Pcm16Aligner, match_language
 
 SAMPLE_RATE = 16_000
 # pocketsphinx computes one feature frame every 10 ms: seg() frame indices are 1/100 s.
@@ -116,10 +117,8 @@ class PocketsphinxOptions:
 
 def check_language(tag: str, languages: tuple[str, ...]) -> None:
     """Raise RequestError unless the tag's primary subtag ("en" of "en-US") is served."""
-    primary = tag.replace("_", "-").split("-")[0].lower()
-    if primary not in {language.lower() for language in languages}:
-        raise RequestError(f"language {tag!r} is not supported by the pocketsphinx model "
-                           f"(supported: {', '.join(languages)})", parameter="language")
+    match_language(tag, {language.lower() for language in languages}, detects=False,
+                   engine="the pocketsphinx model")
 
 
 # --------------------------------------------------------------------------- worker side
@@ -505,7 +504,7 @@ class PocketsphinxStream(TranscriptionStream):
         self._drained.set()
         self._waiters: dict[int, asyncio.Future[None]] = {}
         self._sequence = itertools.count(1)
-        self._odd_byte = b""
+        self._aligner = Pcm16Aligner()
         self._closing = False
         self._done = False
         if not worker.attach(self):
@@ -520,9 +519,7 @@ class PocketsphinxStream(TranscriptionStream):
     async def send_audio(self, audio: bytes) -> None:
         if self._done or self._closing:
             return
-        data = self._odd_byte + audio
-        self._odd_byte = data[len(data) - len(data) % 2:]
-        data = data[:len(data) - len(self._odd_byte)]
+        data = self._aligner.push(audio)
         if not data:
             return
         # Backpressure: a worker that falls behind slows its senders instead of queueing forever.
@@ -603,6 +600,7 @@ class PocketsphinxProvider(Provider):
     name = "pocketsphinx"
     Options = PocketsphinxOptions
     path_options = ("model", "language_model", "dictionary")
+    required_modules = ("pocketsphinx",)
     options: PocketsphinxOptions
 
     def __init__(self, options: PocketsphinxOptions) -> None:
@@ -645,7 +643,8 @@ class PocketsphinxProvider(Provider):
     def describe(self) -> Mapping[str, Any]:
         options = self.options
         return {
-            "model": self._decoder_config.get("hmm") or options.model or "(bundled en-us)",
+            # A name, never a path: Metadata goes to clients, who need not see the server's files.
+            "model": Path(options.model).expanduser().name if options.model else "en-us",
             "bundled_model": not (options.model or options.language_model or options.dictionary),
             "languages": list(options.languages),
             "processes": options.processes,
@@ -656,6 +655,9 @@ class PocketsphinxProvider(Provider):
 
     def worker_pids(self) -> list[int]:
         return [worker.pid for worker in self._workers if worker.alive and worker.pid is not None]
+
+    def languages(self) -> tuple[str, ...] | None:
+        return tuple(language.lower() for language in self.options.languages)
 
     def check_session(self, session: SessionParams) -> None:
         check_language(session.language, self.options.languages)

