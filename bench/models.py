@@ -5,7 +5,7 @@
 Each model runs in a child process of its own, so its peak RSS is its own. The speech is
 jfk.flac (11 s, real) and three sentences synthesised now by flite and by espeak-ng; "noisy" adds seeded white
 noise at ``--snr`` dB below the speech power. Decoding is what the server does for a final
-(stt_server.providers.whisper.transcribe: beam 5, VAD filter, temperature fallback) with the
+(stt_server.providers.whisper_decode.decode_batch: right-sized window, beam 5) with the
 provider's default pool (int8, 2 workers x 1 thread), one decode at a time.
 """
 
@@ -29,7 +29,14 @@ sys.path.insert(0, str(REPO / "tests"))
 from support import JFK_FLAC, JFK_TEXT, load_pcm16, wer  # noqa: E402
 
 from stt_server.providers import whisper_models  # noqa: E402
-from stt_server.providers.whisper import transcribe  # noqa: E402
+from stt_server.providers.whisper_decode import DecodeRequest, DecodeSettings, decode_batch  # noqa: E402
+
+SETTINGS = DecodeSettings()
+
+
+def transcribe(model, audio, *, language, words):
+    """One final, decoded as the server decodes it."""
+    return decode_batch(model, [DecodeRequest(audio, language, final=True, words=words)], SETTINGS)[0]
 
 SENTENCES = (
     "the quick brown fox jumps over the lazy dog",
@@ -83,8 +90,7 @@ def child(name: str, snr: float, repeats: int) -> dict[str, float]:
         for i, (kind_of_speech, text, audio) in enumerate(speech):
             if kind == "noisy":
                 audio = with_noise(audio, snr, seed=i)
-            decoded = transcribe(model, audio, language=language, beam_size=5, words=False, final=True,
-                                 vad_threshold=0.5)
+            decoded = transcribe(model, audio, language=language, words=False)
             refs[kind_of_speech].append(text)
             hyps[kind_of_speech].append(decoded.text)
             seconds += decoded.seconds
@@ -96,8 +102,7 @@ def child(name: str, snr: float, repeats: int) -> dict[str, float]:
     short = speech[0][2][:32_000]
     times = []
     for _ in range(repeats):
-        times.append(transcribe(model, short, language=language, beam_size=5, words=True, final=True,
-                                vad_threshold=0.5).seconds)
+        times.append(transcribe(model, short, language=language, words=True).seconds)
     results["final_2s_clip_s"] = float(np.median(times))
     results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return results

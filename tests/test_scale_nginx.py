@@ -38,7 +38,8 @@ def cluster_conf(prefix: Path, listen: int, ports: list[int], *, retry_503: bool
     location = "\n".join(locations)
     if not retry_503:
         location = location.replace("proxy_next_upstream error timeout http_503;", "proxy_next_upstream error timeout;")
-    temp = "\n".join(f"    {kind}_temp_path {prefix / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temp = "\n".join(f"    {kind}_temp_path {prefix / kind};"
+                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     return f"""
 daemon off;
 master_process off;

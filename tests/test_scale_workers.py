@@ -79,7 +79,8 @@ async def test_a_killed_worker_is_restarted_its_slots_freed_and_sighup_reaches_e
     mark = len(box.events)
     os.kill(pid, signal.SIGKILL)
 
-    await wait_until(lambda: bool(box.named("worker exited: restarting", mark)), timeout=10, what="the supervisor to notice")
+    await wait_until(lambda: bool(box.named("worker exited: restarting", mark)), timeout=10,
+                     what="the supervisor to notice")
     exited = box.named("worker exited: restarting", mark)[0]
     assert (exited["worker"], exited["pid"], exited["exit_code"]) == (victim[0], pid, -signal.SIGKILL)
     assert exited["leases_freed"] == victim[1]

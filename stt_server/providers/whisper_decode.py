@@ -405,7 +405,8 @@ def _word_timestamps(model: Any, items: list[_Item], wanted: list[_Item], encode
             continue
         rows = [items.index(item) for item in group]
         encoder_output = encoded if len(rows) == len(items) else _rows(model, encoded, features, rows)
-        segments: list[list[dict[str, Any]]] = [[{"seek": 0, "start": 0.0, "end": item.frames / FRAMES_PER_SECOND, "tokens": item.tokens}]
+        segments: list[list[dict[str, Any]]] = [[{"seek": 0, "start": 0.0, "end": item.frames / FRAMES_PER_SECOND,
+                                                  "tokens": item.tokens}]
                     for item in group]
         model.add_word_timestamps(segments, tokenizer, encoder_output, [item.frames for item in group],
                                   PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS, last_speech_timestamp=0.0)
