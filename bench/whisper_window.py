@@ -94,6 +94,8 @@ def main() -> None:
     parser.add_argument("--batches", default="1,2,4,8")
     parser.add_argument("--sweep", action="store_true", help="also the settings sweep")
     parser.add_argument("--repeat", type=int, default=1, help="passes per row (the fastest is kept)")
+    parser.add_argument("--min-windows", default="", help="also: finals (words) with these shortest windows (s), "
+                        "one per call and in batches of 4, e.g. 0,10,12,15")
     args = parser.parse_args()
 
     model = load_model()
@@ -126,6 +128,13 @@ def main() -> None:
     for size in (int(n) for n in args.batches.split(",")):
         row(f"interim batch {size}", clips, run(clips, size, short(settings), interims, args.repeat))
 
+    if args.min_windows:
+        header("shortest window: finals (words), one per call and batches of 4, short window")
+        for seconds in (float(x) for x in args.min_windows.split(",")):
+            variant = replace(settings, min_window_seconds=seconds)
+            for size in (1, 4):
+                row(f"min window {seconds:g} s, batch {size}", clips, run(clips, size, short(variant), finals,
+                                                                         args.repeat))
     if not args.sweep:
         return
     header("sweep: finals without words, one per call, short window")

@@ -87,9 +87,11 @@ async def test_a_fast_sender_is_held_back_and_all_its_audio_is_transcribed(make_
 
 
 async def test_a_real_time_session_keeps_getting_finals_while_another_floods(make_server, jfk_pcm: bytes) -> None:
-    live = make_server()
+    # The full-window decoder (3x the CPU per utterance): the flood must still be queued when
+    # the real-time session ends, whatever the machine; the scheduler is the same either way.
+    live = make_server({"providers": {"whisper": {"full_window": True}}})
     flood, flood_sent = Transcript(), {}
-    flooder = asyncio.create_task(_flood(live.url(interim_results="false"), repeated(jfk_pcm, 12), flood,
+    flooder = asyncio.create_task(_flood(live.url(interim_results="false"), repeated(jfk_pcm, 24), flood,
                                          flood_sent))
     await wait_until(lambda: live.server.providers["whisper"].scheduler.stats().queued_final_seconds > 5,
                      what="the flood to queue work")
@@ -102,7 +104,7 @@ async def test_a_real_time_session_keeps_getting_finals_while_another_floods(mak
     assert flood_finals_then < len(flood.finals), (flood_finals_then, len(flood.finals))
     assert finished < time.monotonic()
     assert flood.close_code == 1000
-    assert wer(" ".join([JFK_TEXT] * 12), flood.text) <= 0.15
+    assert wer(" ".join([JFK_TEXT] * 24), flood.text) <= 0.15
 
 
 HANGING = {"providers": {"hanging": {"enabled": True, "module": "hanging_provider:HangingProvider"}},

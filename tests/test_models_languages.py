@@ -114,6 +114,13 @@ async def test_a_model_not_enabled_is_a_400_naming_model(multilingual: LiveServe
     assert "tiny.en" in body["message"] and "base" in body["message"]
 
 
+async def test_another_services_model_name_gets_the_default_model(multilingual: LiveServer) -> None:
+    # What a Deepgram SDK sends: not a Whisper model, so not refused; the default serves it.
+    async with websockets.connect(multilingual.url(model="nova-3")) as ws:
+        opening = json.loads(await ws.recv())
+    assert opening["model_info"]["session_model"] == "tiny.en"
+
+
 async def test_english_only_model_refuses_other_languages(multilingual: LiveServer) -> None:
     for params in ({"language": "de-DE"}, {"model": "tiny.en", "language": "fr"},
                    {"model": "tiny.en", "language": "multi"}):

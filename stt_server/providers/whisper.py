@@ -283,8 +283,9 @@ class ModelJob:
 
 
 def make_result(decoded: Decoded, *, start: float, end: float, is_final: bool, speech_final: bool,
-                punctuate: bool) -> Result | None:
-    """Shift the words to stream time and honour ``punctuate``; None when there is no text."""
+                punctuate: bool, detected: bool = False) -> Result | None:
+    """Shift the words to stream time and honour ``punctuate``; None when there is no text.
+    ``detected``: the language was detected (not given), so the result reports it."""
     text = decoded.text if punctuate else decoded.text.translate(PUNCTUATION)
     text = " ".join(text.split())
     if not text:
@@ -296,7 +297,7 @@ def make_result(decoded: Decoded, *, start: float, end: float, is_final: bool, s
             words.append(Word(token, round(start + word.start, 3), round(start + word.end, 3), word.confidence))
     return Result(text=text, is_final=is_final, start=round(start, 3), end=round(end, 3),
                   confidence=decoded.confidence, words=tuple(words), speech_final=speech_final,
-                  language=decoded.language)
+                  language=decoded.language if detected else None)
 
 
 class StreamingVad:
@@ -489,7 +490,8 @@ class WhisperStream(TranscriptionStream):
             if self._done:
                 return
             result = make_result(decoded, start=cut.start / SAMPLE_RATE, end=cut.end / SAMPLE_RATE,
-                                 is_final=True, speech_final=cut.speech_final, punctuate=self._session.punctuate)
+                                 is_final=True, speech_final=cut.speech_final, punctuate=self._session.punctuate,
+                                 detected=self._language is None)
             if result is not None:
                 self.emit(result)
         finally:
@@ -541,7 +543,8 @@ class WhisperStream(TranscriptionStream):
         if self._done or utterance != self._utterance:
             return
         result = make_result(decoded, start=start / SAMPLE_RATE, end=end / SAMPLE_RATE,
-                             is_final=False, speech_final=False, punctuate=self._session.punctuate)
+                             is_final=False, speech_final=False, punctuate=self._session.punctuate,
+                             detected=self._language is None)
         if result is not None:
             self.emit(result)
 
@@ -730,6 +733,9 @@ class WhisperProvider(Provider):
         that is not enabled here."""
         name = session.model or self.default_model
         loaded = self.models.get(name)
+        if loaded is None and not is_whisper_model_name(name):
+            # Another service's model name (a Deepgram client's nova-3): the default serves it.
+            return self.models[self.default_model]
         if loaded is None:
             enabled = ", ".join(self.models) or "(none loaded)"
             raise RequestError(f"whisper model {name!r} is not enabled on this server (enabled: {enabled}); "
@@ -810,6 +816,15 @@ class WhisperProvider(Provider):
         for _segment in segments:  # a generator: decoding happens while iterating
             pass
         return time.perf_counter() - began
+
+
+# Whisper's model families (OpenAI's and distil-whisper's names): one of these that is not
+# enabled here is refused, where another service's name (Deepgram's "nova-3") is not ours to judge.
+WHISPER_FAMILIES = ("tiny", "base", "small", "medium", "large", "turbo", "distil")
+
+
+def is_whisper_model_name(name: str) -> bool:
+    return whisper_models.is_model_name(name) or name.split("-")[0].split(".")[0] in WHISPER_FAMILIES
 
 
 def effective_compute_type(compute_type: str, device: str, cuda_devices: int | None = None) -> str:

@@ -48,6 +48,8 @@ PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 # Silence after the audio in the short window (s); see the module docstring.
 PAD_SECONDS = 4.0
+# Shortest window (s); see DecodeSettings.min_window_seconds.
+MIN_WINDOW_SECONDS = 15.0
 # Windows are rounded up to a multiple of this many frames: the encoder halves the frames
 # (odd widths are accepted too; even keeps the alignment's frame count exact).
 WINDOW_ROUNDING_FRAMES = 2
@@ -108,6 +110,11 @@ class DecodeSettings:
     no_speech_threshold: float = 0.6
     # Digital silence after the audio in the short window (s).
     pad_seconds: float = PAD_SECONDS
+    # Shortest encoder window (s): two-word utterances (jfk's "ask not", as the live VAD cuts it)
+    # in a 5-6 s window came out garbled ("S NOT"); with 15 s they match the full window, and the
+    # regression set's WER is as good or better, for ~25% more CPU than no minimum (still about
+    # half the full window's) (bench/RESULTS.md).
+    min_window_seconds: float = MIN_WINDOW_SECONDS
     # Decode with Whisper's timestamp tokens: segments that start in the pad after the audio,
     # or repeat an earlier segment, are the loops a short window invites, and are dropped.
     # Off: without them the noisy half of the regression set did better (bench/RESULTS.md).
@@ -141,9 +148,11 @@ class _Item:
         return MIN_MAX_TOKENS + int(MAX_TOKENS_PER_SECOND * self.frames / FRAMES_PER_SECOND)
 
 
-def window_frames(content_frames: int, pad_seconds: float) -> int:
-    """Encoder input length for ``content_frames`` of audio: audio + pad, rounded, ≤ 30 s."""
-    frames = content_frames + int(round(pad_seconds * FRAMES_PER_SECOND))
+def window_frames(content_frames: int, pad_seconds: float, min_seconds: float = 0.0) -> int:
+    """Encoder input length for ``content_frames`` of audio: audio + pad, at least
+    ``min_seconds``, rounded, ≤ 30 s."""
+    frames = max(content_frames + int(round(pad_seconds * FRAMES_PER_SECOND)),
+                 int(round(min_seconds * FRAMES_PER_SECOND)))
     frames = -(-frames // WINDOW_ROUNDING_FRAMES) * WINDOW_ROUNDING_FRAMES
     return min(max(frames, WINDOW_ROUNDING_FRAMES), FULL_WINDOW_FRAMES)
 
@@ -196,7 +205,7 @@ def _features(model: Any, items: Sequence[_Item], settings: DecodeSettings) -> n
     frames sit at the utterance's own log-mel floor; faster-whisper's zero-valued mel padding
     made short windows loop at every pad length tried (bench/RESULTS.md).
     """
-    width = max(window_frames(item.frames, settings.pad_seconds) for item in items)
+    width = max(window_frames(item.frames, settings.pad_seconds, settings.min_window_seconds) for item in items)
     rows = []
     for item in items:
         audio = np.asarray(item.request.audio, dtype=np.float32)[:item.frames * SAMPLES_PER_FRAME]
