@@ -91,10 +91,14 @@ class SessionRunner:
         self._decoder: AudioDecoder = PassthroughDecoder()  # replaced in _run()
         self._draining = asyncio.Event()  # wakes a reader blocked in recv()
         self._clock = AudioClock()
+        # Results the sender has handled (sent or skipped), so a Finalize is answered after them.
+        self._handled = 0
+        self._handled_event = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
 
     def drain(self) -> None:
         """Graceful shutdown: stop reading, transcribe what came, send finals, close 1001."""
-        self.state.drain()
+        self.state.drain(time.monotonic())
         self._draining.set()
 
     async def run(self) -> None:
@@ -120,6 +124,8 @@ class SessionRunner:
                       endpoint=params.endpoint.value)
         await self._send(self.protocol.opening(self._metadata()))
         sender = asyncio.create_task(self._send_results(stream), name=f"results-{self.context.session_id}")
+        self._sender = sender
+        sender.add_done_callback(lambda _task: self._handled_event.set())
         client_gone = cut = False
         audio_error: AudioError | None = None
         try:
@@ -207,6 +213,8 @@ class SessionRunner:
                         await self._hold_while_engine_behind(stream)
                     elif isinstance(event, Finalize):
                         await stream.finalize()
+                        await self._results_sent(stream.emitted)
+                        await self._send(self.protocol.finalized())
                     elif isinstance(event, CloseStream):
                         return False
                     elif isinstance(event, KeepAlive):
@@ -243,6 +251,12 @@ class SessionRunner:
                 broken.close()
             return False
 
+    async def _results_sent(self, count: int) -> None:
+        """Wait until the sender has handled ``count`` results (or stopped)."""
+        while self._handled < count and self._sender is not None and not self._sender.done():
+            self._handled_event.clear()
+            await self._handled_event.wait()
+
     async def _hold_while_engine_behind(self, stream: TranscriptionStream) -> None:
         """Backpressure: stop reading while the engine is too far behind on this session."""
         limit = self.limits.max_backlog_seconds
@@ -256,14 +270,17 @@ class SessionRunner:
     async def _next_frame(self) -> str | bytes | Stop:
         """The next client frame, or why reading stops now (drain, idle, maximum duration)."""
         timeout, why = self.state.next_stop(time.monotonic())
-        if why is Stop.DRAIN:
-            if self.state.tell_draining():
-                self.log.info("draining: transcribing the audio received")
-                await self._send(self.protocol.draining(
-                    "server shutting down: transcribing the audio received, then closing with 1001"))
-            return why
+        if why is Stop.DRAIN and self.state.tell_draining():
+            self.log.info("draining: transcribing the audio received")
+            await self._send(self.protocol.draining(
+                "server shutting down: transcribing the audio received, then closing with 1001"))
         if timeout is not None and timeout <= 0:
             return why
+        if why is Stop.DRAIN:  # only frames already on their way, briefly
+            try:
+                return await asyncio.wait_for(self.connection.recv(), timeout)
+            except TimeoutError:
+                return why
         receive = asyncio.ensure_future(self.connection.recv())
         drain = asyncio.ensure_future(self._draining.wait())
         try:
@@ -331,12 +348,13 @@ class SessionRunner:
             async for result in stream.results():
                 if self.on_result is not None:
                     await self.on_result(self.context, result)
-                if not result.is_final and not interim:
-                    continue
-                self.stats.results_out += 1
-                self.stats.finals_out += result.is_final
-                await self._send(self.protocol.result(result))
-                self._observe(result)
+                if result.is_final or interim:
+                    self.stats.results_out += 1
+                    self.stats.finals_out += result.is_final
+                    await self._send(self.protocol.result(result))
+                    self._observe(result)
+                self._handled += 1
+                self._handled_event.set()
         except Exception as exc:  # an engine failure, or an engine bug, ends this session only
             if isinstance(exc, ProviderError):
                 error = exc

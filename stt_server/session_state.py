@@ -21,6 +21,11 @@ CLOSE_TOO_BIG = 1009  # a text frame over limits.max_base64_message_bytes
 CLOSE_INTERNAL = 1011  # engine failure; idle timeout, as Deepgram does
 
 DRAIN_REASON = "server shutting down"
+# Once draining, frames already on their way are still read while they keep coming less than
+# DRAIN_READ_GRACE apart, but for DRAIN_READ_SECONDS at most: what a client sent just before
+# the drain is transcribed, and one that keeps sending cannot stretch the drain.
+DRAIN_READ_GRACE = 0.1
+DRAIN_READ_SECONDS = 1.0
 
 
 class Stop(enum.Enum):
@@ -46,6 +51,7 @@ class SessionState:
         self.last_activity = started  # last audio or KeepAlive, for the idle timeout
         self.close: Close | None = None  # the first reason to close wins
         self.draining = False
+        self._drain_began = 0.0
         self._told_draining = False
         self.untranscribed_seconds = 0.0
 
@@ -63,8 +69,9 @@ class SessionState:
         """The reader waited for the engine (backpressure): that was not the client's idleness."""
         self.last_activity = now
 
-    def drain(self) -> None:
-        self.draining = True
+    def drain(self, now: float) -> None:
+        if not self.draining:
+            self.draining, self._drain_began = True, now
 
     def tell_draining(self) -> bool:
         """True once, when the client should be told that the server is draining."""
@@ -101,7 +108,8 @@ class SessionState:
     def next_stop(self, now: float) -> tuple[float | None, Stop]:
         """Seconds until reading must stop, and why (None: no deadline; <= 0: stop now)."""
         if self.draining:
-            return 0.0, Stop.DRAIN  # read nothing more: the drain must end in time
+            left = self._drain_began + DRAIN_READ_SECONDS - now
+            return max(0.0, min(DRAIN_READ_GRACE, left)), Stop.DRAIN
         deadlines = []
         if self.limits.idle_timeout_seconds:
             deadlines.append((self.last_activity + self.limits.idle_timeout_seconds - now, Stop.IDLE))

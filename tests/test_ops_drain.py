@@ -87,10 +87,11 @@ async def test_drain_during_20_live_streams_loses_no_final(make_server, short_pc
 
 
 async def test_drain_timeout_cuts_what_cannot_finish(make_server) -> None:
-    live = make_server()
+    # More than can be transcribed in a second, even on a fast machine: the full-window decoder.
+    live = make_server({"providers": {"whisper": {"full_window": True}}, "limits": {"max_backlog_seconds": 120}})
     pcm = load_pcm16(JFK_FLAC)
-    ws, transcript, reader = await open_stream(live.url(), pcm * 3)  # 33 s of speech
-    await wait_until(lambda: any(r.stats.bytes_in == 3 * len(pcm) for r in live.server.open_sessions()),
+    ws, transcript, reader = await open_stream(live.url(), pcm * 6)  # 66 s of speech
+    await wait_until(lambda: any(r.stats.bytes_in == 6 * len(pcm) for r in live.server.open_sessions()),
                      what="all audio read")
     began = time.monotonic()
     finished = await asyncio.get_running_loop().run_in_executor(None, live.call, live.server.drain(1.0))
@@ -131,8 +132,9 @@ async def test_clients_that_keep_sending_do_not_stretch_the_drain(make_server) -
     await asyncio.gather(*(asyncio.wait_for(reader, 10) for _, _, reader in clients))
     for task in senders:
         task.cancel()
-    # Nothing was read after the drain began, and all that was read was transcribed.
-    assert [r.stats.bytes_in for r in runners] == read_at_drain
+    # At most about a second was read after the drain began, and all that was read was transcribed.
+    late = [r.stats.bytes_in - before for r, before in zip(runners, read_at_drain)]
+    assert all(0 <= extra <= 1.5 * 32000 for extra in late), late
     assert all(r.stats.untranscribed_seconds == 0 for r in runners)
     for _, transcript, _ in clients:
         assert transcript.close_code == 1001, transcript.close_reason

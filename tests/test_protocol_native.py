@@ -204,3 +204,18 @@ def test_a_detected_language_is_reported_as_deepgram_does() -> None:
     plain = messages(session().result(Result("hello", True, 0.0, 1.0, 0.9, (Word("hello", 0.0, 0.5),))))[0]
     assert "languages" not in plain["channel"]["alternatives"][0]
     assert "language" not in plain["channel"]["alternatives"][0]["words"][0]
+
+
+def test_a_finalize_with_nothing_left_is_answered_with_an_empty_final() -> None:
+    native = session()
+    native.parse(b"\0" * PCM_RATE * 3)
+    native.result(final("ask not", 0.5, 1.5))  # the utterance ended before the Finalize
+    native.parse('{"type":"Finalize"}')
+    (answer,) = messages(native.finalized())
+    assert answer["from_finalize"] is True and answer["is_final"] is True
+    assert answer["channel"]["alternatives"][0]["transcript"] == "" and answer["start"] == 3.0
+    assert native.finalized() == []  # once
+    native.parse(b"\0" * PCM_RATE)
+    native.parse('{"type":"Finalize"}')
+    (real,) = messages(native.result(final("what", 3.0, 3.5)))
+    assert real["from_finalize"] is True and native.finalized() == []  # answered by the real final

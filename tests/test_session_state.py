@@ -39,11 +39,15 @@ def test_no_deadlines_when_limits_are_off() -> None:
     assert state.next_stop(1e6) == (None, Stop.IDLE)
 
 
-def test_drain_stops_reading_at_once_and_is_told_once() -> None:
+def test_drain_reads_frames_on_their_way_for_a_second_at_most_and_is_told_once() -> None:
     state = SessionState(LIMITS, started=0.0)
     assert not state.tell_draining()
-    state.drain()
-    assert state.next_stop(1.0) == (0.0, Stop.DRAIN)
+    state.drain(10.0)
+    assert state.next_stop(10.0) == (0.1, Stop.DRAIN)  # a frame may still be on its way
+    assert state.next_stop(10.95) == (pytest.approx(0.05), Stop.DRAIN)
+    assert state.next_stop(11.0) == (0.0, Stop.DRAIN)  # however much the client keeps sending
+    state.drain(20.0)  # a second drain() does not restart the clock
+    assert state.next_stop(11.5) == (0.0, Stop.DRAIN)
     assert state.tell_draining() and not state.tell_draining()
     assert state.stop(Stop.DRAIN) == Close(1001, "server shutting down")
 
@@ -51,7 +55,7 @@ def test_drain_stops_reading_at_once_and_is_told_once() -> None:
 def test_the_first_reason_to_close_wins() -> None:
     state = SessionState(LIMITS, started=0.0)
     state.engine_failed(ProviderError("boom", code="engine_timeout"))
-    state.drain()
+    state.drain(0.0)
     assert state.stop(Stop.DRAIN) == Close(1011, "engine_timeout")
 
 
@@ -74,7 +78,7 @@ def test_lost_audio_never_closes_1000_but_keeps_a_more_specific_close() -> None:
     state.lost(2.5)
     assert state.final_close() == Close(1011, "untranscribed_audio")
     drained = SessionState(LIMITS, started=0.0)
-    drained.drain()
+    drained.drain(0.0)
     drained.stop(Stop.DRAIN)
     drained.lost(1.0)
     assert drained.final_close().code == 1001

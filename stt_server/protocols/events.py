@@ -82,6 +82,11 @@ class WireProtocol(ABC):
         engine. Request/reply protocols (the seed's) use it; streaming ones send nothing."""
         return []
 
+    def finalized(self) -> list[str]:
+        """After a Finalize, once the finals it produced have been sent: what else answers it
+        (nothing by default). Deepgram clients wait for a final with from_finalize."""
+        return []
+
     def draining(self, message: str) -> list[str]:
         """Frames telling the client the server is shutting down: the audio it has sent is being
         transcribed, its finals follow, then a 1001 close. None by default (the close says it)."""

@@ -273,6 +273,7 @@ class UtteranceTracker:
         self._in_utterance = False  # a result came since the last final
         self._last_word_end: float | None = None  # of words not yet followed by an UtteranceEnd
         self._interim_pending = False
+        self._interim_end: float | None = None  # of the latest interim, when no final followed it
 
     def speech_started(self, result: Result) -> float | None:
         """The utterance's start when ``result`` is the first of a new utterance."""
@@ -285,17 +286,28 @@ class UtteranceTracker:
     def heard(self, result: Result) -> None:
         self._interim_pending = not result.is_final and bool(result.text.strip())
         if result.words:
-            self._last_word_end = max(self._last_word_end or 0.0, result.words[-1].end)
-        elif result.text.strip():
-            self._last_word_end = max(self._last_word_end or 0.0, result.end)
+            end: float | None = result.words[-1].end
+        else:
+            end = result.end if result.text.strip() else None
+        if end is None:
+            return
+        if result.is_final:
+            # A final replaces its utterance's interims, whose ends were guesses (no word timings).
+            self._last_word_end = max(self._last_word_end or 0.0, end)
+            self._interim_end = None
+        else:
+            self._interim_end = end
 
     def utterance_end(self, audio_seconds: float, *, stream_over: bool = False) -> float | None:
         """The last word's end when an UtteranceEnd is due now, else None."""
-        if not self.gap or self._last_word_end is None or (self._interim_pending and not stream_over):
+        last = self._last_word_end
+        if last is None and stream_over:  # words only an interim heard
+            last = self._interim_end
+        if not self.gap or last is None or (self._interim_pending and not stream_over):
             return None
-        if audio_seconds + 1e-6 < self._last_word_end + self.gap:
+        if audio_seconds + 1e-6 < last + self.gap:
             return None
-        last, self._last_word_end = self._last_word_end, None
+        self._last_word_end = self._interim_end = None
         return last
 
 
@@ -368,6 +380,17 @@ class NativeProtocol(WireProtocol):
                                      from_finalize=from_finalize).to_frame())
         self._utterances.heard(result)
         return frames + self._utterance_end()
+
+    def finalized(self) -> list[str]:
+        """A Finalize with nothing left to finalize (the last utterance had already ended) is
+        still answered, as clients wait for it: an empty final marked from_finalize."""
+        if self._finalize_before is None:
+            return []
+        self._finalize_before = None
+        at = self.audio_seconds if self._bytes_per_second else self._results_end
+        empty = Result(text="", is_final=True, start=at, end=at)
+        return [ResultsMessage(empty, self.request_id, self.model, include_words=self.include_words,
+                               from_finalize=True).to_frame()]
 
     def error(self, error: SttServerError) -> list[str]:
         return [ErrorMessage.from_error(error).to_frame()]

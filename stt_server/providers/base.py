@@ -37,6 +37,8 @@ class TranscriptionStream(ABC):
         # backpressure (see :meth:`wait_for_room`).
         self._room = asyncio.Event()
         self._results_ended = False
+        #: Results emitted so far (the session uses it to know when the sender has caught up).
+        self.emitted = 0
 
     def backlog_seconds(self) -> float:
         """Seconds of audio received and handed to the engine but not yet transcribed.
@@ -81,6 +83,7 @@ class TranscriptionStream(ABC):
         self.end_results()
 
     def emit(self, result: Result) -> None:
+        self.emitted += 1
         self._results.put_nowait(result)
 
     def end_results(self) -> None:

@@ -147,6 +147,8 @@ class EngineScheduler(Generic[P, R]):
         self._stopped = False
         self._numbers = itertools.count(1)
         self._workers: list[_Worker] = []
+        # Threads of workers still counted (a retired, hung one is left to finish on its own).
+        self._threads: set[threading.Thread] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -175,6 +177,17 @@ class EngineScheduler(Generic[P, R]):
         for job in jobs:
             _settle(job.future, error=SchedulerStopped(f"{self.name}: the engine stopped before the audio "
                                                        "was transcribed"))
+
+    def join(self, timeout: float) -> bool:
+        """After :meth:`stop`: wait (blocking) for the worker threads to finish their current
+        call, so an engine's native code is not torn down under them at exit. A hung thread is
+        not waited for. True when all ended in time."""
+        deadline = time.monotonic() + timeout
+        for thread in list(self._threads):
+            if thread is threading.current_thread():
+                continue
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
 
     def lane(self, name: str) -> Lane:
         with self._lock:
@@ -256,6 +269,7 @@ class EngineScheduler(Generic[P, R]):
         worker.thread = threading.Thread(target=self._work, args=(worker,), daemon=True,
                                          name=f"{self.name}-{worker.number}")
         self._workers.append(worker)
+        self._threads.add(worker.thread)
         worker.thread.start()
 
     def _take_locked(self) -> list[_Job[P]]:
@@ -361,6 +375,7 @@ class EngineScheduler(Generic[P, R]):
             self._hung += 1
             worker.retired = True
             self._busy -= 1
+            self._threads.discard(worker.thread)  # type: ignore[arg-type]
             if worker in self._workers:
                 self._workers.remove(worker)
             for job in batch:

@@ -690,6 +690,8 @@ class WhisperProvider(Provider):
 
     async def stop(self) -> None:
         self.scheduler.stop()
+        # Let a decode in progress finish: CTranslate2 aborts the process if torn down under it.
+        await asyncio.to_thread(self.scheduler.join, 30.0)
         if self._vad_pool is not None:
             self._vad_pool.shutdown(wait=False, cancel_futures=True)
         self._vad_pool = None
