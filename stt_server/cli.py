@@ -17,11 +17,16 @@ from typing import Any
 from . import __version__
 from . import providers as provider_registry
 from .config import Config, load
-from .errors import ConfigError, ProviderError, SttServerError
+from .errors import ConfigError, ListenError, ProviderError, SttServerError
 from .logs import configure, get_logger
 from .tokens import TokenStore, add_token, ensure_token_file, parse_token_file, revoke_token
 
-EXIT_CONFIG = 2
+# Exit statuses (README, "Exit statuses"): systemd's RestartPreventExitStatus can name the
+# ones a restart cannot cure.
+EXIT_OK = 0
+EXIT_FAILURE = 1  # an engine failed to start, or a command failed
+EXIT_CONFIG = 2  # invalid configuration: the message names the file and the key
+EXIT_LISTEN = 3  # cannot listen: the port is in use, or the address is not this machine's
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,10 +61,22 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {key: value for key, value in pairs.items() if value is not None}
 
 
+def load_config(args: argparse.Namespace) -> Config:
+    """The config as ``check-config``, ``serve`` and a SIGHUP reload all see it: the file and
+    overrides, every enabled provider's options, and a token file path that can be a file."""
+    config = load(args.config, overrides=_overrides(args))
+    provider_registry.validate_options(config)
+    token_path = config.resolve_path(config.tokens.file)
+    if token_path.is_dir() or (token_path.exists() and not token_path.is_file()):
+        raise ConfigError(f"{config.source or 'built-in defaults'}: tokens.file: {token_path} is "
+                          f"{'a directory' if token_path.is_dir() else 'not a regular file'}")
+    return config
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        config = load(args.config, overrides=_overrides(args))
+        config = load_config(args)
     except ConfigError as error:
         print(f"stt-server: invalid configuration: {error.message}", file=sys.stderr)
         return EXIT_CONFIG
@@ -72,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _providers(config)
         if command == "tokens":
             return _tokens(config, args)
-        return _serve(config, lambda: load(args.config, overrides=_overrides(args)))
+        return _serve(config, lambda: load_config(args))
     except ConfigError as error:
         print(f"stt-server: invalid configuration: {error.message}", file=sys.stderr)
         return EXIT_CONFIG
@@ -126,14 +143,22 @@ def _serve(config: Config, reload_config: Callable[[], Config]) -> int:
     configure(config.logging.level, config.logging.format)
     log = get_logger("stt_server.cli")
     token_path = config.resolve_path(config.tokens.file)
-    first_token = ensure_token_file(token_path) if config.tokens.create_if_missing else None
     try:
-        return asyncio.run(_run(config, TokenStore(token_path), reload_config, first_token))
+        first_token = ensure_token_file(token_path) if config.tokens.create_if_missing else None
+    except OSError as exc:
+        log.error("cannot start", code="config_error",
+                  reason=f"tokens.file: cannot create {token_path}: {exc.strerror}")
+        return EXIT_CONFIG
+    store = TokenStore(token_path, max_bytes=config.tokens.max_file_bytes)
+    try:
+        return asyncio.run(_run(config, store, reload_config, first_token))
     except KeyboardInterrupt:
         return 130
     except SttServerError as error:
         log.error("cannot start", code=error.code, reason=error.message)
-        return 1
+        if isinstance(error, ConfigError):
+            return EXIT_CONFIG
+        return EXIT_LISTEN if isinstance(error, ListenError) else EXIT_FAILURE
 
 
 def _print_first_token(token: str, token_path: object, url: str) -> None:

@@ -91,3 +91,10 @@ class ProviderError(SttServerError):
     code = "provider_error"
     http_status = 503
     close_code = 1011
+
+
+class ListenError(SttServerError):
+    """The server cannot listen on its address: the port is in use, or the address is not
+    this machine's. Raised at start, before any engine loads."""
+
+    code = "cannot_listen"

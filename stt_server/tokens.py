@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,45 +142,131 @@ class TokenTable:
                                  code="provider_forbidden")
 
 
-class TokenStore:
-    """The token file, re-read when it changes (a stat per handshake; cheap next to a handshake)."""
+# A file's identity for "has it changed?": mtime, ctime (a chmod changes only that), size,
+# inode. None: it could not be stat'ed.
+FileStamp = tuple[int, int, int, int]
+DEFAULT_MAX_FILE_BYTES = 8 * 1024 * 1024
+# Bad lines quoted in the one warning a reload logs; the rest are only counted.
+PROBLEMS_SHOWN = 5
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+
+@dataclass(frozen=True)
+class TokenFileRead:
+    """One attempt to read the token file. ``entries`` None: the file could not be used
+    (``error`` says why) and the last good table stays in force."""
+
+    stamp: FileStamp | None
+    entries: list[TokenEntry] | None
+    problems: list[TokenFileProblem]
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenReload:
+    """What applying a :class:`TokenFileRead` did, for the caller to log."""
+
+    path: Path
+    before: int  # tokens in force before
+    after: int  # tokens in force now
+    problems: list[TokenFileProblem]
+    error: str | None  # set: the file was not used, the last good table is kept
+
+    @property
+    def emptied(self) -> bool:
+        return self.error is None and self.after == 0
+
+    def problem_summary(self, shown: int = PROBLEMS_SHOWN) -> str:
+        """The first few bad lines with their numbers, then how many more: one log value."""
+        parts = [f"line {p.line}: {p.message}" for p in self.problems[:shown]]
+        if len(self.problems) > shown:
+            parts.append(f"and {len(self.problems) - shown} more")
+        return "; ".join(parts)
+
+
+def stamp_of(path: Path) -> FileStamp | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+
+
+def read_token_file(path: Path, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> TokenFileRead:
+    """Read and parse the token file. Blocking (file I/O, and parsing a big file takes seconds):
+    the server runs it in a worker thread. Never raises for what is in or around the file."""
+    try:
+        # O_NONBLOCK: a FIFO put in the file's place must not hang the reader until a writer
+        # appears; regular files ignore the flag.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return TokenFileRead(None, None, [], f"{path}: missing")
+    except OSError as exc:
+        return TokenFileRead(stamp_of(path), None, [], f"{path}: cannot open: {exc.strerror}")
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            return TokenFileRead(stamp, None, [], f"{path}: is {kind}")
+        if st.st_size > max_bytes:
+            return TokenFileRead(stamp, None, [], f"{path}: {st.st_size} bytes, over tokens.max_file_bytes "
+                                                  f"({max_bytes})")
+        try:
+            data = f.read(max_bytes + 1)  # the file may have grown since fstat
+        except OSError as exc:
+            return TokenFileRead(stamp, None, [], f"{path}: cannot read: {exc.strerror}")
+    if len(data) > max_bytes:
+        return TokenFileRead(stamp, None, [], f"{path}: over tokens.max_file_bytes ({max_bytes})")
+    if b"\0" in data:
+        return TokenFileRead(stamp, None, [], f"{path}: binary data (a NUL byte at offset {data.index(0)}), "
+                                              "not a token file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return TokenFileRead(stamp, None, [], f"{path}: not UTF-8 text (byte offset {exc.start})")
+    entries, problems = parse_token_file(text)
+    return TokenFileRead(stamp, entries, problems)
+
+
+class TokenStore:
+    """The token table in force, and which version of the file it came from.
+
+    Reading is separate from applying: :func:`read_token_file` (blocking) can run in a worker
+    thread while the event loop keeps serving with the current table, and :meth:`apply`
+    swaps the new table in at once. A file that cannot be used keeps the last good table.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:
         self.path = Path(path)
+        self.max_bytes = max_bytes
         self.table = TokenTable([])
         self.problems: list[TokenFileProblem] = []
-        self._stamp: tuple[int, int, int] | None = None
         self.load_error: str | None = None
+        self._seen: FileStamp | None | str = "never read"  # the stamp of the last attempt
 
-    def _current_stamp(self) -> tuple[int, int, int] | None:
-        try:
-            st = self.path.stat()
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+    def changed(self) -> bool:
+        """Whether the file differs from the last attempt to read it (a stat; cheap). A file
+        that failed is not retried, nor reported again, until it changes."""
+        return stamp_of(self.path) != self._seen
+
+    def read(self) -> TokenFileRead:
+        return read_token_file(self.path, max_bytes=self.max_bytes)
+
+    def apply(self, read: TokenFileRead) -> TokenReload:
+        before = len(self.table.entries)
+        self._seen = read.stamp
+        self.load_error = read.error
+        if read.entries is not None:
+            self.table = TokenTable(read.entries)
+            self.problems = read.problems
+        return TokenReload(self.path, before, len(self.table.entries), read.problems, read.error)
 
     def refresh(self, *, force: bool = False) -> bool:
-        """Re-read the file if it changed since the last read (or always, with ``force``: a
-        SIGHUP); True if it was re-read.
-
-        If the file vanishes or cannot be read, the last good table stays in force.
-        """
-        stamp = self._current_stamp()
-        if stamp is None:
-            self.load_error = f"{self.path}: cannot read"
+        """Read and apply the file now, if it changed (or always, with ``force``: a SIGHUP).
+        True if a new table is in force. Blocking: for start-up and the CLI."""
+        if not force and not self.changed():
             return False
-        if stamp == self._stamp and not force:
-            return False
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            self.load_error = f"{self.path}: cannot read: {exc}"
-            return False
-        entries, self.problems = parse_token_file(text)
-        self.table = TokenTable(entries)
-        self._stamp = stamp
-        self.load_error = None
-        return True
+        return self.apply(self.read()).error is None
 
     def authenticate(self, token: str | None) -> TokenEntry:
         return self.table.authenticate(token)

@@ -18,7 +18,7 @@ from ..errors import ConfigError, ProviderError
 from .base import Provider, TranscriptionStream
 
 __all__ = ["BUILTIN_PROVIDERS", "ENTRY_POINT_GROUP", "Provider", "TranscriptionStream", "discover",
-           "load_class", "create"]
+           "load_class", "create", "options_for", "validate_options"]
 
 BUILTIN_PROVIDERS: Mapping[str, str] = {
     "whisper": "stt_server.providers.whisper:WhisperProvider",
@@ -63,6 +63,40 @@ def load_class(spec: ProviderSpec) -> type[Provider]:
     return cls
 
 
+def options_for(entry: ProviderConfig, cls: type[Provider], source: str | None) -> Any:
+    """The provider's options dataclass from a config entry: paths resolved, keys and values
+    checked (ConfigError naming ``providers.<name>.<key>`` and the file)."""
+    raw = dict(entry.options)
+    for name in cls.path_options:
+        value = raw.get(name)
+        if isinstance(value, str) and value:
+            raw[name] = str(resolve_config_path(value, source))
+    return build(cls.Options, raw, key=f"providers.{entry.name}", source=source)
+
+
+def validate_options(config: Config) -> None:
+    """Check every enabled provider's options when the config is loaded, so ``check-config``,
+    a SIGHUP reload and a start give the same answer to a typo such as ``beam_sise``.
+
+    Imports each enabled provider's module (not its engine: models load in ``start``). One that
+    cannot be imported is a ConfigError too: the config enables something this install lacks.
+    Disabled providers are not checked; their options take effect only once enabled.
+    """
+    specs = discover(config)
+    for entry in config.providers:
+        if not entry.enabled:
+            continue
+        spec = specs.get(entry.name)
+        if spec is None:
+            raise ConfigError(f"{config.source or 'built-in defaults'}: providers.{entry.name}: no such provider "
+                              f"(known: {', '.join(sorted(specs))}); set 'module: package.module:Class'")
+        try:
+            cls = load_class(spec)
+        except ProviderError as error:
+            raise ConfigError(f"{config.source or 'built-in defaults'}: providers.{entry.name}: {error.message}") from None
+        options_for(entry, cls, config.source)
+
+
 def create(entry: ProviderConfig, specs: Mapping[str, ProviderSpec], source: str | None) -> Provider:
     """Import the provider named in a config entry, resolve its path options and validate them."""
     spec = specs.get(entry.name)
@@ -70,10 +104,4 @@ def create(entry: ProviderConfig, specs: Mapping[str, ProviderSpec], source: str
         raise ConfigError(f"{source or 'built-in defaults'}: providers.{entry.name}: no such provider "
                           f"(known: {', '.join(sorted(specs))}); set 'module: package.module:Class'")
     cls = load_class(spec)
-    raw = dict(entry.options)
-    for name in cls.path_options:
-        value = raw.get(name)
-        if isinstance(value, str) and value:
-            raw[name] = str(resolve_config_path(value, source))
-    options: Any = build(cls.Options, raw, key=f"providers.{entry.name}", source=source)
-    return cls(options)
+    return cls(options_for(entry, cls, source))
