@@ -48,6 +48,17 @@ def single_header(headers: RequestHeaders, name: str) -> str | None:
     return values[0] if values else None
 
 
+# Headers this server reads that must come once (Sec-WebSocket-Protocol may repeat: RFC 6455).
+SINGLE_HEADERS = ("Authorization", "Origin")
+
+
+def check_single_headers(headers: RequestHeaders) -> None:
+    """400 ``duplicate_header`` for the first of SINGLE_HEADERS that is repeated: checked
+    before anything else, so the answer does not depend on which check would come first."""
+    for name in SINGLE_HEADERS:
+        single_header(headers, name)
+
+
 @dataclass(frozen=True)
 class SessionContext:
     session_id: str
@@ -108,7 +119,9 @@ def accept_session(
     providers: Collection[str],
     peer: str,
 ) -> SessionContext:
-    """Validate the origin, the URL, then the token, then the token's right to the provider."""
+    """Validate the headers' shape, the origin, the URL, then the token, then the token's right
+    to the provider."""
+    check_single_headers(headers)
     check_origin(headers, config.limits.allowed_origins)
     params = parse_session(target, defaults=config.session, default_provider=config.server.default_provider,
                            providers=providers)
