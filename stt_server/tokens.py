@@ -202,8 +202,8 @@ def read_token_file(path: Path, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> T
         return TokenFileRead(None, None, [], f"{path}: missing")
     except OSError as exc:
         return TokenFileRead(stamp_of(path), None, [], f"{path}: cannot open: {exc.strerror}")
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
+    try:
+        st = os.fstat(fd)
         stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
         if not stat.S_ISREG(st.st_mode):
             kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
@@ -211,10 +211,19 @@ def read_token_file(path: Path, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> T
         if st.st_size > max_bytes:
             return TokenFileRead(stamp, None, [], f"{path}: {st.st_size} bytes, over tokens.max_file_bytes "
                                                   f"({max_bytes})")
-        try:
-            data = f.read(max_bytes + 1)  # the file may have grown since fstat
-        except OSError as exc:
-            return TokenFileRead(stamp, None, [], f"{path}: cannot read: {exc.strerror}")
+        chunks = []
+        remaining = max_bytes + 1  # the file may have grown since fstat
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+    except OSError as exc:
+        return TokenFileRead(stamp_of(path), None, [], f"{path}: cannot read: {exc.strerror}")
+    finally:
+        os.close(fd)
     if len(data) > max_bytes:
         return TokenFileRead(stamp, None, [], f"{path}: over tokens.max_file_bytes ({max_bytes})")
     if b"\0" in data:
