@@ -70,7 +70,8 @@ def valid(rng: random.Random, seed: bool) -> str | bytes:
     if rng.random() < 0.5:
         return rng.randbytes(rng.randint(2, 3200)) if not seed else b"\0" * 3200
     if seed:
-        return json.dumps({"action": "transcribe", "request_id": 1, "voice_stream": base64.b64encode(bytes(640)).decode()})
+        chunk = base64.b64encode(bytes(640)).decode()
+        return json.dumps({"action": "transcribe", "request_id": 1, "voice_stream": chunk})
     return rng.choice([json.dumps({"type": "KeepAlive"}),
                        json.dumps({"type": "Audio", "data": base64.b64encode(rng.randbytes(640)).decode()})])
 

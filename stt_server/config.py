@@ -412,7 +412,8 @@ def read_yaml(path: str | os.PathLike[str]) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML: {where}{_one_line(exc.problem or exc.context or 'error')}") from None
+        problem = _one_line(exc.problem or exc.context or "error")
+        raise ConfigError(f"{path}: not valid YAML: {where}{problem}") from None
     except yaml.YAMLError as exc:  # ReaderError (a control character: binary data) and others
         raise ConfigError(f"{path}: not valid YAML: {_one_line(str(exc))}") from None
     except RecursionError:

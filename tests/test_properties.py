@@ -174,3 +174,45 @@ def test_a_logged_path_never_holds_a_token(path: str) -> None:
     logged = path_for_log(path)
     assert TOKEN not in logged
     assert len(logged) <= max(len(path), 40)
+
+
+# --- the token file and the config: operator input -------------------------------------------
+
+@given(data=st.binary(max_size=400) | st.text(max_size=400).map(str.encode)
+       | st.lists(st.sampled_from([f"{TOKEN} alice", "sha256:" + "a" * 64 + " bob providers=null max_sessions=2",
+                                   "x", "# c", "t n max_sessions=0", "t n providers=", "t n@ k=v", "\0",
+                                   "t alice", "sha256:zz n"]), max_size=8).map(lambda ls: "\n".join(ls).encode()))
+@FUZZ
+def test_any_token_file_is_a_table_or_a_reason(tmp_path_factory, data: bytes) -> None:
+    from stt_server.tokens import read_token_file
+
+    path = tmp_path_factory.mktemp("tokens") / "tokens.txt"
+    path.write_bytes(data)
+    read = read_token_file(path, max_bytes=1024)
+    assert (read.entries is None) == (read.error is not None)
+    if read.entries is not None:
+        TokenTable(read.entries)
+        assert all(p.line >= 1 for p in read.problems)
+
+
+config_keys = st.sampled_from(["server", "tokens", "limits", "providers", "port", "host", "whisper", "null",
+                               "enabled", "module", "file", "max_file_bytes", "allowed_origins", "beam_size",
+                               "default_provider", "metrics", "allow_from", "tls", "cert_file"]) | st.text(max_size=5)
+config_scalars = (st.none() | st.booleans() | st.integers(-2, 70000) | st.floats() | st.text(max_size=8)
+                  | st.sampled_from(["null", "whisper", "127.0.0.1", "0.0.0.0/0", "https://a.b"]))
+config_values = st.recursive(config_scalars, lambda inner: st.lists(inner, max_size=3)
+                             | st.dictionaries(config_keys | st.integers(0, 3) | st.none(), inner, max_size=4),
+                             max_leaves=15)
+
+
+@given(data=st.dictionaries(config_keys, config_values, max_size=4))
+@FUZZ
+def test_any_config_mapping_is_a_config_or_a_config_error(data: dict) -> None:
+    from stt_server.errors import ConfigError
+    from stt_server.providers import validate_options
+
+    try:
+        config = from_mapping(data, source="fuzz.yaml")
+        validate_options(config)
+    except ConfigError as error:
+        assert "\n" not in error.message

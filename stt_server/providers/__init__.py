@@ -83,17 +83,18 @@ def validate_options(config: Config) -> None:
     Disabled providers are not checked; their options take effect only once enabled.
     """
     specs = discover(config)
+    where = config.source or "built-in defaults"
     for entry in config.providers:
         if not entry.enabled:
             continue
         spec = specs.get(entry.name)
         if spec is None:
-            raise ConfigError(f"{config.source or 'built-in defaults'}: providers.{entry.name}: no such provider "
+            raise ConfigError(f"{where}: providers.{entry.name}: no such provider "
                               f"(known: {', '.join(sorted(specs))}); set 'module: package.module:Class'")
         try:
             cls = load_class(spec)
         except ProviderError as error:
-            raise ConfigError(f"{config.source or 'built-in defaults'}: providers.{entry.name}: {error.message}") from None
+            raise ConfigError(f"{where}: providers.{entry.name}: {error.message}") from None
         options_for(entry, cls, config.source)
 
 
