@@ -123,6 +123,7 @@ class SttServer:
         self._sessions_by_token: Counter[str] = Counter()
         self._runners: dict[ServerConnection, tuple[SessionRunner, asyncio.Task[Any]]] = {}
         self._token_reload: asyncio.Task[None] | None = None
+        self._forced_token_refresh: asyncio.Future[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -263,7 +264,8 @@ class SttServer:
             _load_certificate(self._ssl, plan.config)
         self.config = plan.config
         set_level(self.config.logging.level)
-        asyncio.ensure_future(self.refresh_tokens(force=True))  # logs its own outcome
+        # In the background (it logs its own outcome); the reference keeps the task alive.
+        self._forced_token_refresh = asyncio.ensure_future(self.refresh_tokens(force=True))
         self.log.info("configuration reloaded", changed=list(plan.applied) or "nothing")
         if plan.needs_restart:
             self.log.warning("configuration changes that need a restart were not applied",

@@ -99,6 +99,18 @@ async def test_repeated_handshake_headers_websockets_checks_itself(live_server) 
             f"GET /v1/providers?token={token} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\r\n"
             "Authorization: Bearer b\r\n\r\n"))
         assert status == 400 and json.loads(body)["parameter"] == "Authorization"
+        for odd in ("Transfer-Encoding: chunked\r\n", "Content-Length: 0\r\nContent-Length: 5\r\n",
+                    "Host: a\r\nHost: b\r\n", "Upgrade: websocket\r\nConnection: Upgrade\r\n"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", live_server.port)
+            writer.write(upgrade(f"/v1/listen?provider=null&token={token}", odd).encode())
+            answer = await asyncio.wait_for(reader.read(200), 15)
+            writer.close()
+            assert answer == b"" or answer.startswith((b"HTTP/1.1 4", b"HTTP/1.1 101")), (odd, answer)
+        reader, writer = await asyncio.open_connection("127.0.0.1", live_server.port)
+        writer.write("GET /v1/listen/caf\u00e9 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        answer = await asyncio.wait_for(reader.read(200), 15)
+        writer.close()
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer
     assert "Traceback" not in log.getvalue() and "[error" not in log.getvalue()
 
 
