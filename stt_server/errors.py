@@ -26,6 +26,11 @@ class ConfigError(SttServerError):
 
     code = "config_error"
 
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        # One line, always (a log line, a systemd status): a key name from the file may hold
+        # a line break.
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"), code=code)
+
 
 class RequestError(SttServerError):
     """The connection URL is invalid (bad query parameter, unknown provider)."""

@@ -412,8 +412,8 @@ class SttServer:
             self.log.warning("token file not used; the last good one stays in force", reason=reload.error,
                              tokens=reload.after)
             return
-        if reload.problems:
-            self.log.warning("token file: lines skipped", file=str(reload.path), skipped=len(reload.problems),
+        if reload.problem_count:
+            self.log.warning("token file: lines skipped", file=str(reload.path), skipped=reload.problem_count,
                              first=reload.problem_summary())
         if reload.emptied:
             self.log.warning("token file holds no valid token: every session will be refused",

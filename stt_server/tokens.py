@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import os
 import secrets
 import stat
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import AuthError, ForbiddenError
 
 HASH_PREFIX = "sha256:"
+_HEX_DIGITS = frozenset("0123456789abcdef")
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.@")
 
 
@@ -54,26 +57,60 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+# A parse in a worker thread holds the GIL but for CPython's 5 ms switch interval; the event
+# loop needs it several times per request, so a long parse would still slow every answer.
+# Giving it up every so many lines (a few ms of work) keeps /healthz prompt during a reload.
+PAUSE_EVERY_LINES = 2000
+
+
 def parse_token_file(text: str) -> tuple[list[TokenEntry], list[TokenFileProblem]]:
     """Parse the file's text; bad lines are reported with their number and skipped."""
+    parsed = parse_token_text(text)
+    return parsed.entries, parsed.problems
+
+
+@dataclass(frozen=True)
+class ParsedTokens:
+    entries: list[TokenEntry]
+    problems: list[TokenFileProblem]  # the first ``max_problems`` bad lines
+    problem_count: int  # every bad line
+
+
+def parse_token_text(text: str, *, max_problems: int | None = None,
+                     pause: Callable[[], None] | None = None) -> ParsedTokens:
+    """Parse the file's text, keeping at most ``max_problems`` problems (all are counted): a
+    garbage file of millions of lines must not become millions of objects in a server.
+    ``pause`` is called every PAUSE_EVERY_LINES lines (see read_token_file)."""
     entries: list[TokenEntry] = []
     problems: list[TokenFileProblem] = []
+    problem_count = 0
     names: set[str] = set()
-    for number, raw in enumerate(text.splitlines(), start=1):
+
+    def problem(number: int, message: str) -> None:
+        nonlocal problem_count
+        problem_count += 1
+        if max_problems is None or len(problems) < max_problems:
+            problems.append(TokenFileProblem(number, message))
+
+    # Line by line, not text.splitlines(): that one C call on a 50 MB file holds the GIL for
+    # ~100 ms. StringIO reads \n, \r\n and \r as line ends.
+    for number, raw in enumerate(io.StringIO(text, newline=None), start=1):
+        if pause is not None and number % PAUSE_EVERY_LINES == 0:
+            pause()
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
         try:
             entry = _parse_line(line, number)
         except ValueError as exc:
-            problems.append(TokenFileProblem(number, str(exc)))
+            problem(number, str(exc))
             continue
         if entry.name in names:
-            problems.append(TokenFileProblem(number, f"duplicate name {entry.name!r}; later line ignored"))
+            problem(number, f"duplicate name {entry.name!r}; later line ignored")
             continue
         names.add(entry.name)
         entries.append(entry)
-    return entries, problems
+    return ParsedTokens(entries, problems, problem_count)
 
 
 def _parse_line(line: str, number: int) -> TokenEntry:
@@ -83,7 +120,7 @@ def _parse_line(line: str, number: int) -> TokenEntry:
     secret, name, *options = fields
     if secret.startswith(HASH_PREFIX):
         digest = secret[len(HASH_PREFIX):].lower()
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        if len(digest) != 64 or not set(digest) <= _HEX_DIGITS:
             raise ValueError("sha256: must be followed by 64 hex digits")
     else:
         digest = digest_of(secret)
@@ -157,8 +194,11 @@ class TokenFileRead:
 
     stamp: FileStamp | None
     entries: list[TokenEntry] | None
-    problems: list[TokenFileProblem]
+    problems: list[TokenFileProblem]  # the first few bad lines
     error: str | None = None
+    problem_count: int = 0  # every bad line
+    # Built with the read, in the same worker thread: indexing 100,000s of entries is work too.
+    table: TokenTable | None = None
 
 
 @dataclass(frozen=True)
@@ -168,18 +208,19 @@ class TokenReload:
     path: Path
     before: int  # tokens in force before
     after: int  # tokens in force now
-    problems: list[TokenFileProblem]
+    problems: list[TokenFileProblem]  # the first few bad lines
     error: str | None  # set: the file was not used, the last good table is kept
+    problem_count: int = 0  # every bad line
 
     @property
     def emptied(self) -> bool:
         return self.error is None and self.after == 0
 
-    def problem_summary(self, shown: int = PROBLEMS_SHOWN) -> str:
+    def problem_summary(self) -> str:
         """The first few bad lines with their numbers, then how many more: one log value."""
-        parts = [f"line {p.line}: {p.message}" for p in self.problems[:shown]]
-        if len(self.problems) > shown:
-            parts.append(f"and {len(self.problems) - shown} more")
+        parts = [f"line {p.line}: {p.message}" for p in self.problems]
+        if self.problem_count > len(self.problems):
+            parts.append(f"and {self.problem_count - len(self.problems)} more")
         return "; ".join(parts)
 
 
@@ -233,8 +274,9 @@ def read_token_file(path: Path, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> T
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         return TokenFileRead(stamp, None, [], f"{path}: not UTF-8 text (byte offset {exc.start})")
-    entries, problems = parse_token_file(text)
-    return TokenFileRead(stamp, entries, problems)
+    parsed = parse_token_text(text, max_problems=PROBLEMS_SHOWN, pause=lambda: time.sleep(0))
+    return TokenFileRead(stamp, parsed.entries, parsed.problems, problem_count=parsed.problem_count,
+                         table=TokenTable(parsed.entries))
 
 
 class TokenStore:
@@ -266,9 +308,10 @@ class TokenStore:
         self._seen = read.stamp
         self.load_error = read.error
         if read.entries is not None:
-            self.table = TokenTable(read.entries)
+            self.table = read.table if read.table is not None else TokenTable(read.entries)
             self.problems = read.problems
-        return TokenReload(self.path, before, len(self.table.entries), read.problems, read.error)
+        return TokenReload(self.path, before, len(self.table.entries), read.problems, read.error,
+                           read.problem_count)
 
     def refresh(self, *, force: bool = False) -> bool:
         """Read and apply the file now, if it changed (or always, with ``force``: a SIGHUP).
