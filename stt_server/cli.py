@@ -75,12 +75,15 @@ def load_config(args: argparse.Namespace) -> Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    command = args.command or "serve"
     try:
-        config = load_config(args)
+        # `providers` and `tokens` are how one diagnoses and repairs a config that does not
+        # start: they need the file to parse, not every provider to import.
+        config = (load_config(args) if command in ("serve", "check-config")
+                  else load(args.config, overrides=_overrides(args)))
     except ConfigError as error:
         print(f"stt-server: invalid configuration: {error.message}", file=sys.stderr)
         return EXIT_CONFIG
-    command = args.command or "serve"
     try:
         if command == "check-config":
             print(f"{config.source or 'built-in defaults'}: ok")
