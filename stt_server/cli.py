@@ -21,14 +21,19 @@ import structlog
 from . import __version__
 from . import providers as provider_registry
 from .config import Config, load
-from .errors import ConfigError, ProviderError, SttServerError
+from .errors import ConfigError, ListenError, ProviderError, SttServerError
 from .logs import configure, get_logger
 from .tokens import TokenStore, add_token, ensure_token_file, parse_token_file, revoke_token
 
 if TYPE_CHECKING:
     from .server import WorkerSetup
 
-EXIT_CONFIG = 2
+# Exit statuses (README, "Exit statuses"): systemd's RestartPreventExitStatus can name the
+# ones a restart cannot cure.
+EXIT_OK = 0
+EXIT_FAILURE = 1  # an engine failed to start, or a command failed
+EXIT_CONFIG = 2  # invalid configuration: the message names the file and the key
+EXIT_LISTEN = 3  # cannot listen: the port is in use, or the address is not this machine's
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,14 +75,29 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {key: value for key, value in pairs.items() if value is not None}
 
 
+def load_config(args: argparse.Namespace) -> Config:
+    """The config as ``check-config``, ``serve`` and a SIGHUP reload all see it: the file and
+    overrides, every enabled provider's options, and a token file path that can be a file."""
+    config = load(args.config, overrides=_overrides(args))
+    provider_registry.validate_options(config)
+    token_path = config.resolve_path(config.tokens.file)
+    if token_path.is_dir() or (token_path.exists() and not token_path.is_file()):
+        raise ConfigError(f"{config.source or 'built-in defaults'}: tokens.file: {token_path} is "
+                          f"{'a directory' if token_path.is_dir() else 'not a regular file'}")
+    return config
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    command = args.command or "serve"
     try:
-        config = load(args.config, overrides=_overrides(args))
+        # `providers` and `tokens` are how one diagnoses and repairs a config that does not
+        # start: they need the file to parse, not every provider to import.
+        config = (load_config(args) if command in ("serve", "check-config")
+                  else load(args.config, overrides=_overrides(args)))
     except ConfigError as error:
         print(f"stt-server: invalid configuration: {error.message}", file=sys.stderr)
         return EXIT_CONFIG
-    command = args.command or "serve"
     try:
         if command == "check-config":
             print(f"{config.source or 'built-in defaults'}: ok")
@@ -88,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _models(config)
         if command == "tokens":
             return _tokens(config, args)
-        return _serve(config, lambda: load(args.config, overrides=_overrides(args)), args)
+        return _serve(config, lambda: load_config(args), args)
     except ConfigError as error:
         print(f"stt-server: invalid configuration: {error.message}", file=sys.stderr)
         return EXIT_CONFIG
@@ -188,7 +208,12 @@ def _serve(config: Config, reload_config: Callable[[], Config], args: argparse.N
     configure(config.logging.level, config.logging.format)
     log = get_logger("stt_server.cli")
     token_path = config.resolve_path(config.tokens.file)
-    first_token = ensure_token_file(token_path) if config.tokens.create_if_missing else None
+    try:
+        first_token = ensure_token_file(token_path) if config.tokens.create_if_missing else None
+    except OSError as exc:
+        log.error("cannot start", code="config_error",
+                  reason=f"tokens.file: cannot create {token_path}: {exc.strerror}")
+        return EXIT_CONFIG
     worker = None
     if args.worker_state is not None:
         from .server import WorkerSetup
@@ -204,13 +229,16 @@ def _serve(config: Config, reload_config: Callable[[], Config], args: argparse.N
         reload_config = lambda: worker_journal(load_config(), index)  # noqa: E731 - as a reload sees it
     elif config.server.workers > 1:
         return _supervise(config, args, first_token)
+    store = TokenStore(token_path, max_bytes=config.tokens.max_file_bytes)
     try:
-        return asyncio.run(_run(config, TokenStore(token_path), reload_config, first_token, worker))
+        return asyncio.run(_run(config, store, reload_config, first_token, worker))
     except KeyboardInterrupt:
         return 130
     except SttServerError as error:
         log.error("cannot start", code=error.code, reason=error.message)
-        return 1
+        if isinstance(error, ConfigError):
+            return EXIT_CONFIG
+        return EXIT_LISTEN if isinstance(error, ListenError) else EXIT_FAILURE
 
 
 def reachable_urls(url: str) -> tuple[str, str]:

@@ -222,6 +222,13 @@ class TokensConfig:
     file: str = "tokens.txt"
     # Create the file with one fresh token when it does not exist.
     create_if_missing: bool = True
+    # A bigger file is not read (a warning says so) and the tokens in force stay: a file
+    # replaced by a log or a disk image must not stall reloads. ~100 bytes per token.
+    max_file_bytes: int = 8 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        _check(bool(self.file.strip()), "tokens.file", "must not be empty")
+        _check(self.max_file_bytes >= 1024, "tokens.max_file_bytes", "must be at least 1024")
 
 
 @dataclass(frozen=True)
@@ -436,13 +443,31 @@ def from_mapping(data: Any, *, source: str | None = None) -> Config:
 
 
 def read_yaml(path: str | os.PathLike[str]) -> Any:
+    """The file's YAML, or a one-line ConfigError naming the file (and the line, for YAML errors)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte offset {exc.start}); is it the right file?") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = _one_line(exc.problem or exc.context or "error")
+        raise ConfigError(f"{path}: not valid YAML: {where}{problem}") from None
+    except yaml.YAMLError as exc:  # ReaderError (a control character: binary data) and others
+        raise ConfigError(f"{path}: not valid YAML: {_one_line(str(exc))}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def apply_overrides(data: Any, overrides: Mapping[str, Any]) -> dict[str, Any]:

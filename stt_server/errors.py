@@ -26,6 +26,11 @@ class ConfigError(SttServerError):
 
     code = "config_error"
 
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        # One line, always (a log line, a systemd status): a key name from the file may hold
+        # a line break.
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"), code=code)
+
 
 class RequestError(SttServerError):
     """The connection URL is invalid (bad query parameter, unknown provider)."""
@@ -96,3 +101,10 @@ class ProviderError(SttServerError):
     code = "provider_error"
     http_status = 503
     close_code = 1011
+
+
+class ListenError(SttServerError):
+    """The server cannot listen on its address: the port is in use, or the address is not
+    this machine's. Raised at start, before any engine loads."""
+
+    code = "cannot_listen"

@@ -9,6 +9,7 @@ connections get a :class:`SessionRunner`. ``reload`` applies a new config's safe
 from __future__ import annotations
 
 import asyncio
+import errno
 import http
 import math
 import json
@@ -30,13 +31,22 @@ from . import providers as provider_registry
 from . import web
 from .cluster import LeaseRequest, session_leases
 from .config import Config
-from .errors import AuthError, CapacityError, ConfigError, ForbiddenError, ProviderError, SttServerError
+from .errors import (
+    AuthError,
+    CapacityError,
+    ConfigError,
+    ForbiddenError,
+    ListenError,
+    ProviderError,
+    SttServerError,
+)
 from .handshake import (
     TOKEN_SUBPROTOCOL,
     SessionContext,
     accept_session,
     error_body,
     offered_subprotocols,
+    path_for_log,
     token_from_request,
 )
 from .journal import Journal, final_record
@@ -49,7 +59,7 @@ from .reload import ReloadPlan, plan_reload
 from .results import Result
 from .session import Endpoint, endpoint_for_path
 from .session_runner import DRAIN_REASON, SessionRunner
-from .tokens import TokenStore
+from .tokens import TokenReload, TokenStore
 
 # Seconds a refused client is asked to wait before retrying (503 over capacity or draining).
 RETRY_AFTER_SECONDS = 5
@@ -57,6 +67,9 @@ RETRY_AFTER_SECONDS = 5
 READ_AHEAD_FRAMES = 4
 # Part of the drain timeout kept for closing connections and stopping engines.
 DRAIN_STOP_MARGIN = 2.0
+# Longest a handshake waits for a token file reload it triggered (a big file takes seconds to
+# parse); after that it is decided on the table in force, and the new one follows when ready.
+TOKEN_RELOAD_WAIT_SECONDS = 2.0
 
 
 class ReplayConnection:
@@ -128,6 +141,7 @@ class SttServer:
         """``worker``: set when this server is one of ``server.workers`` processes on the box."""
         self.config = config
         self.tokens = tokens
+        self.tokens.max_bytes = config.tokens.max_file_bytes  # the config is the one place it is set
         self.providers: dict[str, Provider] = dict(providers or {})
         self.log = get_logger("stt_server.server")
         self.worker = worker
@@ -143,6 +157,8 @@ class SttServer:
         self._after_upgrade: dict[ServerConnection, tuple[str, Headers, SttServerError]] = {}
         self._runners: dict[ServerConnection, tuple[SessionRunner, asyncio.Task[Any]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._token_reload: asyncio.Task[None] | None = None
+        self._forced_token_refresh: asyncio.Future[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -171,48 +187,71 @@ class SttServer:
         self.metrics.watch_scheduler(name, provider.scheduler_stats)
 
     async def start(self) -> None:
+        """Read the tokens, bind the port, load the engines, then accept connections.
+
+        The port is bound before the engines load, so a port in use fails in a second, not
+        after a model load; nothing is accepted (connections wait in the backlog) until every
+        engine is ready.
+        """
         for name, provider in self.providers.items():  # given ready-made (tests)
             self._observe_provider(name, provider)
-        self.tokens.refresh()
-        self._log_token_problems()
+        await self.refresh_tokens(force=True)
         self._ssl = tls_context(self.config)  # before the engines: a bad path fails fast
-        await self.load_providers()
-        await self.leases.start()
-        if self.config.journal.enabled:
-            journal = self.config.journal
-            self.journal = Journal(self.config.resolve_path(journal.file), max_bytes=journal.max_bytes,
-                                   backups=journal.backups)
-            await self.journal.open()
-        server_config, limits = self.config.server, self.config.limits
-        self._server = await serve(
-            self._handle,
-            server_config.host,
-            server_config.port,
-            ssl=self._ssl,
-            # HTTP: answered before the upgrade.
-            process_request=self._process_request,
-            select_subprotocol=self._select_subprotocol,
-            process_response=self._process_response,
-            server_header=None,
-            # Audio (Opus, PCM, base64 of either) does not compress: permessage-deflate, which
-            # browsers always offer, cost ~40% of the server's CPU per message in the relay
-            # benchmark (bench/RESULTS.md) and saved little bandwidth.
-            compression=None,
-            # Timeouts.
-            open_timeout=limits.handshake_timeout_seconds,
-            ping_interval=limits.ping_interval_seconds or None,
-            ping_timeout=limits.ping_timeout_seconds or None,
-            close_timeout=limits.close_timeout_seconds,
-            # Limits.
-            max_size=server_config.max_message_bytes,
-            # Frames websockets reads ahead of the session: small, so that when a session stops
-            # reading (backpressure) TCP pushes back on the sender at once.
-            max_queue=READ_AHEAD_FRAMES,
-            # Workers share the port; the kernel spreads new connections over them.
-            reuse_port=self.worker is not None,
-        )
+        self._server = await self._bind()
+        try:
+            await self.load_providers()
+            await self.leases.start()
+            if self.config.journal.enabled:
+                journal = self.config.journal
+                self.journal = Journal(self.config.resolve_path(journal.file), max_bytes=journal.max_bytes,
+                                       backups=journal.backups)
+                await self.journal.open()
+        except BaseException:
+            await self.stop()
+            raise
+        await self._server.start_serving()
         self.log.info("listening", url=self.url, providers=sorted(self.providers),
                       journal=str(self.journal.path) if self.journal else None, pid=os.getpid())
+
+    async def _bind(self) -> Server:
+        """The listening socket(s), bound but not yet accepting. Every socket option lives here."""
+        server_config, limits = self.config.server, self.config.limits
+        try:
+            return await serve(
+                self._handle,
+                server_config.host,
+                server_config.port,
+                ssl=self._ssl,
+                start_serving=False,
+                # HTTP: answered before the upgrade.
+                process_request=self._process_request,
+                select_subprotocol=self._select_subprotocol,
+                process_response=self._process_response,
+                server_header=None,
+                # Audio (Opus, PCM, base64 of either) does not compress: permessage-deflate, which
+                # browsers always offer, cost ~40% of the server's CPU per message in the relay
+                # benchmark (bench/RESULTS.md) and saved little bandwidth.
+                compression=None,
+                # Timeouts.
+                open_timeout=limits.handshake_timeout_seconds,
+                ping_interval=limits.ping_interval_seconds or None,
+                ping_timeout=limits.ping_timeout_seconds or None,
+                close_timeout=limits.close_timeout_seconds,
+                # Limits.
+                max_size=server_config.max_message_bytes,
+                # Frames websockets reads ahead of the session: small, so that when a session stops
+                # reading (backpressure) TCP pushes back on the sender at once.
+                max_queue=READ_AHEAD_FRAMES,
+                # Workers share the port; the kernel spreads new connections over them.
+                reuse_port=self.worker is not None,
+            )
+        except OSError as exc:  # socket.gaierror is one too: a host name that does not resolve
+            where = f"{server_config.host}:{server_config.port}"
+            reason = {errno.EADDRINUSE: "the port is already in use",
+                      errno.EADDRNOTAVAIL: "the address is not one of this machine's",
+                      errno.EACCES: "permission denied (ports below 1024 need privileges)"}.get(
+                exc.errno or 0, exc.strerror or str(exc))
+            raise ListenError(f"cannot listen on {where} (server.host, server.port): {reason}") from None
 
     @property
     def port(self) -> int:
@@ -275,10 +314,9 @@ class SttServer:
             _load_certificate(self._ssl, plan.config)
         self.config = plan.config
         set_level(self.config.logging.level)
-        self.tokens.refresh(force=True)
-        self._log_token_problems()
-        self.log.info("configuration reloaded", changed=list(plan.applied) or "nothing",
-                      tokens=len(self.tokens.table.entries))
+        # In the background (it logs its own outcome); the reference keeps the task alive.
+        self._forced_token_refresh = asyncio.ensure_future(self.refresh_tokens(force=True))
+        self.log.info("configuration reloaded", changed=list(plan.applied) or "nothing")
         if plan.needs_restart:
             self.log.warning("configuration changes that need a restart were not applied",
                              keys=list(plan.needs_restart))
@@ -299,12 +337,10 @@ class SttServer:
         page = web.static_file(path)
         if page is not None and "Upgrade" not in request.headers:
             return file_response(page)
-        if self.tokens.refresh():
-            self.log.info("token file reloaded", entries=len(self.tokens.table.entries))
-            self._log_token_problems()
-        if path == web.PROVIDERS_PATH:
-            return self._providers_response(request)
+        await self.refresh_tokens(wait=TOKEN_RELOAD_WAIT_SECONDS)
         try:
+            if path == web.PROVIDERS_PATH:
+                return self._providers_response(request)
             if path == "/metrics" and self.config.metrics.enabled:
                 self._check_metrics_access(connection, request)
                 return json_response(http.HTTPStatus.OK, self.metrics.render(), content_type=CONTENT_TYPE)
@@ -331,7 +367,7 @@ class SttServer:
                 self._after_upgrade[connection] = (request.path, request.headers, error)
                 return None
             self.log.info("handshake refused", status=error.http_status, code=error.code,
-                          path=path, peer=self._peer(connection))
+                          path=path_for_log(path), peer=self._peer(connection))
             self.metrics.refused(error.code, auth=isinstance(error, AuthError))
             return error_response(error)
         self._admit(connection, context)
@@ -470,12 +506,49 @@ class SttServer:
         address = connection.remote_address
         return f"{address[0]}:{address[1]}" if address else "?"
 
-    def _log_token_problems(self) -> None:
-        if self.tokens.load_error:
-            self.log.warning("token file unreadable; keeping the last good one", reason=self.tokens.load_error)
-        for problem in self.tokens.problems:
-            self.log.warning("token file: line skipped", file=str(self.tokens.path), line=problem.line,
-                             reason=problem.message)
+    # --- the token file --------------------------------------------------------------------
+
+    async def refresh_tokens(self, *, force: bool = False, wait: float | None = None) -> None:
+        """Re-read the token file if it changed (a stat, here), in a worker thread: the event
+        loop goes on serving with the table in force, then swaps in the new one. Concurrent
+        callers share one reload; ``wait`` bounds how long this caller waits for it.
+        ``force`` (start, SIGHUP) reads the file even if it looks unchanged."""
+        running = self._token_reload
+        if running is not None and not running.done():
+            if not force:
+                await self._wait_for_token_reload(running, wait)
+                return
+            await asyncio.shield(running)  # then read again: it may have read the file too early
+        if not force and not self.tokens.changed():
+            return
+        self._token_reload = asyncio.ensure_future(self._reload_tokens())
+        await self._wait_for_token_reload(self._token_reload, wait)
+
+    @staticmethod
+    async def _wait_for_token_reload(task: asyncio.Task[None], wait: float | None) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(task), wait)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _reload_tokens(self) -> None:
+        read = await asyncio.to_thread(self.tokens.read)
+        self._log_token_reload(self.tokens.apply(read))
+
+    def _log_token_reload(self, reload: TokenReload) -> None:
+        """One line per reload, and a warning for each kind of trouble (never a line per bad line:
+        a garbage file of millions of lines must not flood the log)."""
+        if reload.error is not None:
+            self.log.warning("token file not used; the last good one stays in force", reason=reload.error,
+                             tokens=reload.after)
+            return
+        if reload.problem_count:
+            self.log.warning("token file: lines skipped", file=str(reload.path), skipped=reload.problem_count,
+                             first=reload.problem_summary())
+        if reload.emptied:
+            self.log.warning("token file holds no valid token: every session will be refused",
+                             file=str(reload.path), tokens=f"{reload.before} → 0")
+        self.log.info("token file loaded", file=str(reload.path), tokens=reload.after)
 
     # --- sessions --------------------------------------------------------------------------
 

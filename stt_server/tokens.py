@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import os
 import secrets
-from collections.abc import Mapping
+import stat
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import AuthError, ForbiddenError
 
 HASH_PREFIX = "sha256:"
+_HEX_DIGITS = frozenset("0123456789abcdef")
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.@")
 
 
@@ -60,26 +64,60 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+# A parse in a worker thread holds the GIL but for CPython's 5 ms switch interval; the event
+# loop needs it several times per request, so a long parse would still slow every answer.
+# Giving it up every so many lines (a few ms of work) keeps /healthz prompt during a reload.
+PAUSE_EVERY_LINES = 2000
+
+
 def parse_token_file(text: str) -> tuple[list[TokenEntry], list[TokenFileProblem]]:
     """Parse the file's text; bad lines are reported with their number and skipped."""
+    parsed = parse_token_text(text)
+    return parsed.entries, parsed.problems
+
+
+@dataclass(frozen=True)
+class ParsedTokens:
+    entries: list[TokenEntry]
+    problems: list[TokenFileProblem]  # the first ``max_problems`` bad lines
+    problem_count: int  # every bad line
+
+
+def parse_token_text(text: str, *, max_problems: int | None = None,
+                     pause: Callable[[], None] | None = None) -> ParsedTokens:
+    """Parse the file's text, keeping at most ``max_problems`` problems (all are counted): a
+    garbage file of millions of lines must not become millions of objects in a server.
+    ``pause`` is called every PAUSE_EVERY_LINES lines (see read_token_file)."""
     entries: list[TokenEntry] = []
     problems: list[TokenFileProblem] = []
+    problem_count = 0
     names: set[str] = set()
-    for number, raw in enumerate(text.splitlines(), start=1):
+
+    def problem(number: int, message: str) -> None:
+        nonlocal problem_count
+        problem_count += 1
+        if max_problems is None or len(problems) < max_problems:
+            problems.append(TokenFileProblem(number, message))
+
+    # Line by line, not text.splitlines(): that one C call on a 50 MB file holds the GIL for
+    # ~100 ms. StringIO reads \n, \r\n and \r as line ends.
+    for number, raw in enumerate(io.StringIO(text, newline=None), start=1):
+        if pause is not None and number % PAUSE_EVERY_LINES == 0:
+            pause()
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
         try:
             entry = _parse_line(line, number)
         except ValueError as exc:
-            problems.append(TokenFileProblem(number, str(exc)))
+            problem(number, str(exc))
             continue
         if entry.name in names:
-            problems.append(TokenFileProblem(number, f"duplicate name {entry.name!r}; later line ignored"))
+            problem(number, f"duplicate name {entry.name!r}; later line ignored")
             continue
         names.add(entry.name)
         entries.append(entry)
-    return entries, problems
+    return ParsedTokens(entries, problems, problem_count)
 
 
 def _parse_line(line: str, number: int) -> TokenEntry:
@@ -89,7 +127,7 @@ def _parse_line(line: str, number: int) -> TokenEntry:
     secret, name, *options = fields
     if secret.startswith(HASH_PREFIX):
         digest = secret[len(HASH_PREFIX):].lower()
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        if len(digest) != 64 or not set(digest) <= _HEX_DIGITS:
             raise ValueError("sha256: must be followed by 64 hex digits")
     else:
         digest = digest_of(secret)
@@ -159,45 +197,146 @@ class TokenTable:
                                  f"(allowed: {', '.join(entry.models or ())})", code="model_forbidden")
 
 
-class TokenStore:
-    """The token file, re-read when it changes (a stat per handshake; cheap next to a handshake)."""
+# A file's identity for "has it changed?": mtime, ctime (a chmod changes only that), size,
+# inode. None: it could not be stat'ed.
+FileStamp = tuple[int, int, int, int]
+DEFAULT_MAX_FILE_BYTES = 8 * 1024 * 1024
+# Bad lines quoted in the one warning a reload logs; the rest are only counted.
+PROBLEMS_SHOWN = 5
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+
+@dataclass(frozen=True)
+class TokenFileRead:
+    """One attempt to read the token file. ``entries`` None: the file could not be used
+    (``error`` says why) and the last good table stays in force."""
+
+    stamp: FileStamp | None
+    entries: list[TokenEntry] | None
+    problems: list[TokenFileProblem]  # the first few bad lines
+    error: str | None = None
+    problem_count: int = 0  # every bad line
+    # Built with the read, in the same worker thread: indexing 100,000s of entries is work too.
+    table: TokenTable | None = None
+
+
+@dataclass(frozen=True)
+class TokenReload:
+    """What applying a :class:`TokenFileRead` did, for the caller to log."""
+
+    path: Path
+    before: int  # tokens in force before
+    after: int  # tokens in force now
+    problems: list[TokenFileProblem]  # the first few bad lines
+    error: str | None  # set: the file was not used, the last good table is kept
+    problem_count: int = 0  # every bad line
+
+    @property
+    def emptied(self) -> bool:
+        return self.error is None and self.after == 0
+
+    def problem_summary(self) -> str:
+        """The first few bad lines with their numbers, then how many more: one log value."""
+        parts = [f"line {p.line}: {p.message}" for p in self.problems]
+        if self.problem_count > len(self.problems):
+            parts.append(f"and {self.problem_count - len(self.problems)} more")
+        return "; ".join(parts)
+
+
+def stamp_of(path: Path) -> FileStamp | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+
+
+def read_token_file(path: Path, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> TokenFileRead:
+    """Read and parse the token file. Blocking (file I/O, and parsing a big file takes seconds):
+    the server runs it in a worker thread. Never raises for what is in or around the file."""
+    try:
+        # O_NONBLOCK: a FIFO put in the file's place must not hang the reader until a writer
+        # appears; regular files ignore the flag.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return TokenFileRead(None, None, [], f"{path}: missing")
+    except OSError as exc:
+        return TokenFileRead(stamp_of(path), None, [], f"{path}: cannot open: {exc.strerror}")
+    try:
+        st = os.fstat(fd)
+        stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            return TokenFileRead(stamp, None, [], f"{path}: is {kind}")
+        if st.st_size > max_bytes:
+            return TokenFileRead(stamp, None, [], f"{path}: {st.st_size} bytes, over tokens.max_file_bytes "
+                                                  f"({max_bytes})")
+        chunks = []
+        remaining = max_bytes + 1  # the file may have grown since fstat
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+    except OSError as exc:
+        return TokenFileRead(stamp_of(path), None, [], f"{path}: cannot read: {exc.strerror}")
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        return TokenFileRead(stamp, None, [], f"{path}: over tokens.max_file_bytes ({max_bytes})")
+    if b"\0" in data:
+        return TokenFileRead(stamp, None, [], f"{path}: binary data (a NUL byte at offset {data.index(0)}), "
+                                              "not a token file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return TokenFileRead(stamp, None, [], f"{path}: not UTF-8 text (byte offset {exc.start})")
+    parsed = parse_token_text(text, max_problems=PROBLEMS_SHOWN, pause=lambda: time.sleep(0))
+    return TokenFileRead(stamp, parsed.entries, parsed.problems, problem_count=parsed.problem_count,
+                         table=TokenTable(parsed.entries))
+
+
+class TokenStore:
+    """The token table in force, and which version of the file it came from.
+
+    Reading is separate from applying: :func:`read_token_file` (blocking) can run in a worker
+    thread while the event loop keeps serving with the current table, and :meth:`apply`
+    swaps the new table in at once. A file that cannot be used keeps the last good table.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:
         self.path = Path(path)
+        self.max_bytes = max_bytes
         self.table = TokenTable([])
         self.problems: list[TokenFileProblem] = []
-        self._stamp: tuple[int, int, int] | None = None
         self.load_error: str | None = None
+        self._seen: FileStamp | None | str = "never read"  # the stamp of the last attempt
 
-    def _current_stamp(self) -> tuple[int, int, int] | None:
-        try:
-            st = self.path.stat()
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+    def changed(self) -> bool:
+        """Whether the file differs from the last attempt to read it (a stat; cheap). A file
+        that failed is not retried, nor reported again, until it changes."""
+        return stamp_of(self.path) != self._seen
+
+    def read(self) -> TokenFileRead:
+        return read_token_file(self.path, max_bytes=self.max_bytes)
+
+    def apply(self, read: TokenFileRead) -> TokenReload:
+        before = len(self.table.entries)
+        self._seen = read.stamp
+        self.load_error = read.error
+        if read.entries is not None:
+            self.table = read.table if read.table is not None else TokenTable(read.entries)
+            self.problems = read.problems
+        return TokenReload(self.path, before, len(self.table.entries), read.problems, read.error,
+                           read.problem_count)
 
     def refresh(self, *, force: bool = False) -> bool:
-        """Re-read the file if it changed since the last read (or always, with ``force``: a
-        SIGHUP); True if it was re-read.
-
-        If the file vanishes or cannot be read, the last good table stays in force.
-        """
-        stamp = self._current_stamp()
-        if stamp is None:
-            self.load_error = f"{self.path}: cannot read"
+        """Read and apply the file now, if it changed (or always, with ``force``: a SIGHUP).
+        True if a new table is in force. Blocking: for start-up and the CLI."""
+        if not force and not self.changed():
             return False
-        if stamp == self._stamp and not force:
-            return False
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            self.load_error = f"{self.path}: cannot read: {exc}"
-            return False
-        entries, self.problems = parse_token_file(text)
-        self.table = TokenTable(entries)
-        self._stamp = stamp
-        self.load_error = None
-        return True
+        return self.apply(self.read()).error is None
 
     def authenticate(self, token: str | None) -> TokenEntry:
         return self.table.authenticate(token)

@@ -98,15 +98,51 @@ class WireProtocol(ABC):
         return []
 
 
+# Deepest nesting of arrays and objects a client's JSON may have. No protocol needs more than
+# two or three levels. Nesting ~1,000 deep makes json.loads raise RecursionError, and a value a
+# little less deep parses but makes json.dumps raise it when echoed back (the seed's request_id).
+MAX_JSON_DEPTH = 32
+
+
 def parse_json_object(frame: str, *, what: str) -> dict[str, Any]:
-    """A text frame as a JSON object, or ProtocolError ``bad_json`` naming ``what`` it is."""
+    """A text frame as a JSON object, or ProtocolError ``bad_json`` naming ``what`` it is.
+
+    Never raises anything else, whatever the frame holds. Too deep for the C parser:
+    RecursionError, caught (it unwinds cleanly). Parsed but deeper than MAX_JSON_DEPTH: refused
+    too; the walk that checks it runs only when the frame has more brackets than that limit (a
+    C-speed count; audio frames have none), and costs less than the parse it follows.
+    """
     try:
         message = json.loads(frame)
-    except ValueError:
+    except RecursionError:
+        raise ProtocolError(f"{what} may nest arrays and objects at most {MAX_JSON_DEPTH} levels deep",
+                            code="bad_json") from None
+    except ValueError:  # JSONDecodeError, and integers longer than sys.get_int_max_str_digits()
         message = None
     if not isinstance(message, dict):
         raise ProtocolError(f"{what} must be JSON objects", code="bad_json")
+    if frame.count("[") + frame.count("{") > MAX_JSON_DEPTH and nested_deeper_than(message, MAX_JSON_DEPTH):
+        raise ProtocolError(f"{what} may nest arrays and objects at most {MAX_JSON_DEPTH} levels deep",
+                            code="bad_json")
     return message
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether parsed JSON nests lists and dicts more than ``limit`` levels (the top one counts).
+    Level by level, without recursion, stopping as soon as the limit is passed."""
+    level = [value] if isinstance(value, (dict, list)) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below: list[Any] = []
+        for container in level:
+            for child in (container.values() if isinstance(container, dict) else container):
+                if isinstance(child, (dict, list)):
+                    below.append(child)
+        level = below
+    return False
 
 
 def decode_base64_audio(value: Any, *, field: str) -> bytes:

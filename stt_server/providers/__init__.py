@@ -18,7 +18,7 @@ from ..errors import ConfigError, ProviderError
 from .base import Provider, TranscriptionStream
 
 __all__ = ["BUILTIN_PROVIDERS", "ENTRY_POINT_GROUP", "Provider", "TranscriptionStream", "discover",
-           "load_class", "create"]
+           "load_class", "create", "options_for", "validate_options"]
 
 BUILTIN_PROVIDERS: Mapping[str, str] = {
     "whisper": "stt_server.providers.whisper:WhisperProvider",
@@ -63,13 +63,9 @@ def load_class(spec: ProviderSpec) -> type[Provider]:
     return cls
 
 
-def create(entry: ProviderConfig, specs: Mapping[str, ProviderSpec], source: str | None) -> Provider:
-    """Import the provider named in a config entry, resolve its path options and validate them."""
-    spec = specs.get(entry.name)
-    if spec is None:
-        raise ConfigError(f"{source or 'built-in defaults'}: providers.{entry.name}: no such provider "
-                          f"(known: {', '.join(sorted(specs))}); set 'module: package.module:Class'")
-    cls = load_class(spec)
+def options_for(entry: ProviderConfig, cls: type[Provider], source: str | None) -> Any:
+    """The provider's options dataclass from a config entry: paths resolved, keys and values
+    checked (ConfigError naming ``providers.<name>.<key>`` and the file)."""
     raw = dict(entry.options)
     # Values that are names rather than paths (a model name such as "tiny.en") stay as they are.
     not_paths: frozenset[str] = getattr(cls, "not_paths", frozenset())
@@ -80,5 +76,38 @@ def create(entry: ProviderConfig, specs: Mapping[str, ProviderSpec], source: str
         elif isinstance(value, list):
             raw[name] = [str(resolve_config_path(item, source))
                          if isinstance(item, str) and item and item not in not_paths else item for item in value]
-    options: Any = build(cls.Options, raw, key=f"providers.{entry.name}", source=source)
-    return cls(options)
+    return build(cls.Options, raw, key=f"providers.{entry.name}", source=source)
+
+
+def validate_options(config: Config) -> None:
+    """Check every enabled provider's options when the config is loaded, so ``check-config``,
+    a SIGHUP reload and a start give the same answer to a typo such as ``beam_sise``.
+
+    Imports each enabled provider's module (not its engine: models load in ``start``). One that
+    cannot be imported is a ConfigError too: the config enables something this install lacks.
+    Disabled providers are not checked; their options take effect only once enabled.
+    """
+    specs = discover(config)
+    where = config.source or "built-in defaults"
+    for entry in config.providers:
+        if not entry.enabled:
+            continue
+        spec = specs.get(entry.name)
+        if spec is None:
+            raise ConfigError(f"{where}: providers.{entry.name}: no such provider "
+                              f"(known: {', '.join(sorted(specs))}); set 'module: package.module:Class'")
+        try:
+            cls = load_class(spec)
+        except ProviderError as error:
+            raise ConfigError(f"{where}: providers.{entry.name}: {error.message}") from None
+        options_for(entry, cls, config.source)
+
+
+def create(entry: ProviderConfig, specs: Mapping[str, ProviderSpec], source: str | None) -> Provider:
+    """Import the provider named in a config entry, resolve its path options and validate them."""
+    spec = specs.get(entry.name)
+    if spec is None:
+        raise ConfigError(f"{source or 'built-in defaults'}: providers.{entry.name}: no such provider "
+                          f"(known: {', '.join(sorted(specs))}); set 'module: package.module:Class'")
+    cls = load_class(spec)
+    return cls(options_for(entry, cls, source))
