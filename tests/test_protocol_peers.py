@@ -137,13 +137,14 @@ def test_whisperlive_segments() -> None:
     assert update == {"uid": "c0ffee", "segments": [{"start": "0.200", "end": "1.000", "text": "ask not",
                                                       "completed": False}]}
     (update,) = loads(live.result(final("Ask not what", 0.2, 1.3)))
-    assert [s["completed"] for s in update["segments"]] == [True]
+    # The utterance is done: an empty incomplete segment replaces the client's stale interim.
+    assert [(s["text"], s["completed"]) for s in update["segments"]] == [("Ask not what", True), ("", False)]
     (update,) = loads(live.result(interim("your", 1.5, 1.8)))
     assert [(s["text"], s["completed"]) for s in update["segments"]] == [("Ask not what", True), ("your", False)]
     live.result(final("your country", 1.5, 2.1))
     (last,) = loads(live.closing())
     assert [(s["text"], s["completed"]) for s in last["segments"]] == [("Ask not what", True),
-                                                                       ("your country", True)]
+                                                                       ("your country", True), ("", False)]
     (error,) = loads(live.error(ProtocolError("bad", code="x")))
     assert error == {"uid": "c0ffee", "status": "ERROR", "message": "bad"}
 

@@ -8,14 +8,13 @@ object with ``uid`` is WhisperLive's options message; anything else (``{"config"
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from ..errors import SttServerError
 from ..results import Result
 from ..session import SessionParams
-from .events import ClientEvent, WireProtocol
+from .events import ClientEvent, WireProtocol, parse_json_object
 from .vosk import ErrorMessage, VoskProtocol
 from .whisperlive import OptionsMessage, StatusMessage, WhisperLiveProtocol
 
@@ -26,10 +25,10 @@ def whisperlive_options(frame: str | bytes) -> OptionsMessage | None:
     if not isinstance(frame, str):
         return None
     try:
-        message = json.loads(frame)
-    except ValueError:
+        message = parse_json_object(frame, what="first message")  # depth-limited, as every parse
+    except SttServerError:
         return None
-    if not isinstance(message, dict) or not OptionsMessage.looks_like(message):
+    if not OptionsMessage.looks_like(message):
         return None
     return OptionsMessage.from_json(message)
 

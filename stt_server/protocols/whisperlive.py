@@ -167,4 +167,10 @@ class WhisperLiveProtocol(WireProtocol):
         segments = self._completed[-SEND_LAST_SEGMENTS:]
         if self._current is not None:
             segments = [*segments, self._current]
+        elif segments:
+            # WhisperLive's client shows its last incomplete segment after the transcript until
+            # another incomplete one replaces it: an empty one says the utterance it held is done
+            # (else the client repeats an interim the final already replaced).
+            end = segments[-1].end
+            segments = [*segments, Segment(end, end, "", completed=False)]
         return SegmentsMessage(self.uid, tuple(segments)).to_frame()

@@ -722,8 +722,9 @@ class WhisperProvider(Provider):
         }
 
     def describe_session(self, session: SessionParams) -> Mapping[str, Any]:
-        loaded = self.models.get(session.model or self.default_model)
-        if loaded is None:
+        try:
+            loaded = self.session_model(session)
+        except RequestError:
             return self.describe()
         return {**self.describe(), "model": loaded.name, "multilingual": loaded.multilingual,
                 "session_model": loaded.name,
