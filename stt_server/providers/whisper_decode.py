@@ -56,6 +56,9 @@ WINDOW_ROUNDING_FRAMES = 2
 # Requests worth decoding in one call on a 2-core CPU (measured, bench/RESULTS.md): beyond it a
 # batch costs as much per utterance as separate calls and only delays the first result.
 MAX_BATCH = 4
+# Most padded window (s) one call encodes and decodes together: four short utterances (15 s
+# windows) share a call, two long ones (24 s) do, a 20 s utterance beside three more does not.
+MAX_BATCH_WINDOW_SECONDS = 60
 # Tokens the decoder may produce per second of audio (+ a constant), so a loop stops early
 # instead of running to Whisper's 448-token limit; fast speech is ~5 tokens/s.
 MAX_TOKENS_PER_SECOND = 12
@@ -184,12 +187,30 @@ def decode_batch(model: Any, requests: Sequence[DecodeRequest], settings: Decode
             outcomes[item.index] = ("", 0.0, ())
     for final in (True, False):
         group = [item for item in items if item.request.final == final and item.index not in outcomes]
-        if group:
-            for item, outcome in zip(group, _decode_group(model, group, settings, final=final)):
+        for part in _by_window_budget(group, settings):
+            for item, outcome in zip(part, _decode_group(model, part, settings, final=final)):
                 outcomes[item.index] = outcome
     seconds = time.perf_counter() - began
     return [Decoded(*outcomes[item.index], seconds, item.language, item.language_probability)
             for item in items]
+
+
+def _by_window_budget(items: list[_Item], settings: DecodeSettings) -> list[list[_Item]]:
+    """Consecutive runs of ``items`` whose padded windows (members × the longest window) fit
+    MAX_BATCH_WINDOW_SECONDS: memory grows with it (four 24 s windows with beam 5 and word
+    alignment took ~250 MB), and long utterances gain little from sharing a call."""
+    budget = MAX_BATCH_WINDOW_SECONDS * FRAMES_PER_SECOND
+    parts: list[list[_Item]] = []
+    widest = 0
+    for item in items:
+        width = window_frames(item.frames, settings.pad_seconds, settings.min_window_seconds)
+        if parts and (len(parts[-1]) + 1) * max(widest, width) <= budget:
+            parts[-1].append(item)
+            widest = max(widest, width)
+        else:
+            parts.append([item])
+            widest = width
+    return parts
 
 
 def _content_frames(audio: np.ndarray) -> int:
