@@ -219,3 +219,12 @@ def test_a_finalize_with_nothing_left_is_answered_with_an_empty_final() -> None:
     native.parse('{"type":"Finalize"}')
     (real,) = messages(native.result(final("what", 3.0, 3.5)))
     assert real["from_finalize"] is True and native.finalized() == []  # answered by the real final
+
+
+def test_the_closing_metadata_lists_the_detected_languages() -> None:
+    native = session()
+    native.result(Result("hallo welt wie geht", True, 0.0, 1.0, 0.9, language="de"))
+    native.result(Result("hello", True, 1.0, 2.0, 0.9, language="en"))
+    (closing,) = messages(native.closing())
+    assert closing["languages"] == ["de", "en"]
+    assert "languages" not in messages(session().closing())[0]  # none detected: none listed

@@ -325,6 +325,7 @@ class NativeProtocol(WireProtocol):
         self._bytes = 0
         self._results_end = 0.0
         self._finalize_before: float | None = None  # audio time of an unanswered Finalize
+        self._languages: dict[str, int] = {}  # detected language → words of finals in it
         self._replies: list[str] = []  # answers to the frame just parsed (ConfigureFailure)
         self.request_id = ""
         self.created = ""
@@ -369,6 +370,8 @@ class NativeProtocol(WireProtocol):
 
     def result(self, result: Result) -> list[str]:
         self._results_end = max(self._results_end, result.end)
+        if result.is_final and result.language is not None:
+            self._languages[result.language] = self._languages.get(result.language, 0) + len(result.text.split())
         frames = []
         started = self._utterances.speech_started(result)
         if started is not None and self.vad_events:
@@ -400,8 +403,11 @@ class NativeProtocol(WireProtocol):
 
     def closing(self) -> list[str]:
         # Deepgram's closing Metadata also names the models used (fields the SDKs leave untyped).
-        models = {"models": [self.model.uuid], "model_info": {self.model.uuid: self.model.to_json()}}
-        return self._utterance_end(stream_over=True) + [self._metadata(extra=models).to_frame()]
+        extra: dict[str, Any] = {"models": [self.model.uuid],
+                                 "model_info": {self.model.uuid: self.model.to_json()}}
+        if self._languages:  # detected (language=multi): every language heard, most words first
+            extra["languages"] = sorted(self._languages, key=lambda code: -self._languages[code])
+        return self._utterance_end(stream_over=True) + [self._metadata(extra=extra).to_frame()]
 
     def _utterance_end(self, *, stream_over: bool = False) -> list[str]:
         last_word_end = self._utterances.utterance_end(self.audio_seconds, stream_over=stream_over)
