@@ -32,40 +32,16 @@ import websockets
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from support import JFK_FLAC, JFK_TEXT, load_pcm16, wer  # noqa: E402
 
+import foundation  # noqa: E402  (bench/ is on sys.path: python bench/capacity.py)
+from foundation import rss_mib  # noqa: E402
+
 RATE = 16_000
 CHUNK = 8_000  # 0.25 s
 GAP = bytes(2 * RATE)  # 1 s of silence between repetitions of the recording
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 async def start_server(folder: Path, extra: str = "") -> tuple[asyncio.subprocess.Process, str, str]:
-    (folder / "config.yaml").write_text("server:\n  port: 0\nlogging:\n  format: json\n"
-                                        "limits:\n  max_sessions: 200\n" + extra)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "stt_server.cli", "--config", str(folder / "config.yaml"),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    assert proc.stdout and proc.stderr
-    banner = (await proc.stdout.read(600)).decode()
-    token = banner.split("--token ", 1)[1].split()[0]
-    while True:
-        line = await proc.stderr.readline()
-        if not line:
-            raise RuntimeError("server exited")
-        event = json.loads(line)
-        if event.get("event") == "listening":
-            asyncio.create_task(_drain_pipe(proc.stderr))  # never let a full pipe block the server
-            return proc, event["url"], token
-
-
-async def _drain_pipe(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
+    return await foundation.start_server(folder, "limits:\n  max_sessions: 200\n" + extra)
 
 
 @dataclass

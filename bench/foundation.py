@@ -33,8 +33,10 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-async def start_server(folder: Path) -> tuple[asyncio.subprocess.Process, str, str]:
-    (folder / "config.yaml").write_text("server:\n  port: 0\nlogging:\n  format: json\n")
+async def start_server(folder: Path, extra: str = "") -> tuple[asyncio.subprocess.Process, str, str]:
+    """`stt-server` on port 0 with ``extra`` YAML appended to a minimal config; its log is
+    drained in the background once it listens (a full pipe would block the server)."""
+    (folder / "config.yaml").write_text("server:\n  port: 0\nlogging:\n  format: json\n" + extra)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "stt_server.cli", "--config", str(folder / "config.yaml"),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -47,7 +49,13 @@ async def start_server(folder: Path) -> tuple[asyncio.subprocess.Process, str, s
             raise RuntimeError("server exited")
         event = json.loads(line)
         if event.get("event") == "listening":
+            asyncio.get_running_loop().create_task(_drain_pipe(proc.stderr))
             return proc, event["url"], token
+
+
+async def _drain_pipe(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass
 
 
 async def one_session(url: str, token: str, pcm: bytes, speed: float) -> dict[str, float]:

@@ -29,7 +29,8 @@ def load_pcm16(path: str | Path, rate: int = 16_000, layout: str = "mono") -> by
 
 
 def normalize(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+    """Lower-case words, punctuation dropped, accents kept (German, French, Spanish tests)."""
+    return re.sub(r"[^\w' ]+", " ", text.lower().replace("_", " ")).split()
 
 
 def wer(reference: str, hypothesis: str) -> float:

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import shutil
 import subprocess
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import websockets
-from support import chunked, stream_audio
+from support import chunked, stream_audio, wer
 
 from conftest import LiveServer, start_live_server
 
@@ -43,21 +41,6 @@ def espeak(language: str, text: str, rate: int = 16_000) -> bytes:
                          capture_output=True, check=True, timeout=60).stdout
     return subprocess.run(["sox", "-t", "wav", "-", "-t", "raw", "-r", str(rate), "-e", "signed", "-b", "16",
                            "-c", "1", "-"], input=wav, capture_output=True, check=True, timeout=60).stdout
-
-
-def words(text: str) -> list[str]:
-    """Lower-case words, accents kept (the English-only helper in support drops them)."""
-    return re.sub(r"[^\w' ]+", " ", text.lower()).split()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    ref, hyp = words(reference), words(hypothesis)
-    d = np.arange(len(hyp) + 1)
-    for i, r in enumerate(ref, start=1):
-        prev, d[0] = d[0], i
-        for j, h in enumerate(hyp, start=1):
-            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (r != h))
-    return float(d[len(hyp)]) / len(ref)
 
 
 @pytest.fixture(scope="module")

@@ -82,6 +82,10 @@ class WhisperOptions:
     # time) instead of a window sized to the audio, batched: 2-3x the CPU per utterance, for
     # comparison or a model the right-sized window does not suit.
     full_window: bool = False
+    # Most audio window (s, each utterance padded to at least 15 s) decoded in one call: 15 =
+    # one utterance per call; 60 = up to four short ones together, ~25% less CPU per utterance
+    # but ~150 MiB more memory at full load (bench/RESULTS.md).
+    batch_window_seconds: float = 60.0
     # Silero VAD speech probability (0..1) above which audio counts as speech.
     vad_threshold: float = 0.5
     # Audio kept before speech starts and after it ends, so onsets and trailing sounds are not clipped (ms).
@@ -103,6 +107,7 @@ class WhisperOptions:
         within("workers", self.workers, 1, 64)
         within("cpu_threads", self.cpu_threads, 0, 256)
         within("beam_size", self.beam_size, 1, 20)
+        within("batch_window_seconds", self.batch_window_seconds, 1, 240)
         require(0.0 < self.vad_threshold < 1.0, f"vad_threshold must be between 0 and 1, got {self.vad_threshold}")
         within("speech_pad_ms", self.speech_pad_ms, 0, 2000)
         within("min_speech_ms", self.min_speech_ms, 0, 5000)
@@ -608,7 +613,8 @@ class WhisperProvider(Provider):
         # Enabled models by the name sessions use; the default first.
         self.models: dict[str, LoadedModel] = {}
         self.compute_type = effective_compute_type(options.compute_type, options.device)
-        self._settings = DecodeSettings(beam_size=options.beam_size, vad_threshold=options.vad_threshold)
+        self._settings = DecodeSettings(beam_size=options.beam_size, vad_threshold=options.vad_threshold,
+                                        max_batch_window_seconds=options.batch_window_seconds)
         # One scheduler for every model: fair across sessions whichever model they use.
         self.scheduler: EngineScheduler[ModelJob, Decoded] = EngineScheduler(
             "whisper", self._decode_batch, workers=options.workers,

@@ -118,6 +118,8 @@ class DecodeSettings:
     # regression set's WER is as good or better, for ~25% more CPU than no minimum (still about
     # half the full window's) (bench/RESULTS.md).
     min_window_seconds: float = MIN_WINDOW_SECONDS
+    # Most padded window (s) one call encodes and decodes together (see MAX_BATCH_WINDOW_SECONDS).
+    max_batch_window_seconds: float = MAX_BATCH_WINDOW_SECONDS
     # Decode with Whisper's timestamp tokens: segments that start in the pad after the audio,
     # or repeat an earlier segment, are the loops a short window invites, and are dropped.
     # Off: without them the noisy half of the regression set did better (bench/RESULTS.md).
@@ -197,9 +199,9 @@ def decode_batch(model: Any, requests: Sequence[DecodeRequest], settings: Decode
 
 def _by_window_budget(items: list[_Item], settings: DecodeSettings) -> list[list[_Item]]:
     """Consecutive runs of ``items`` whose padded windows (members × the longest window) fit
-    MAX_BATCH_WINDOW_SECONDS: memory grows with it (four 24 s windows with beam 5 and word
+    ``settings.max_batch_window_seconds``: memory grows with it (four 24 s windows with beam 5 and word
     alignment took ~250 MB), and long utterances gain little from sharing a call."""
-    budget = MAX_BATCH_WINDOW_SECONDS * FRAMES_PER_SECOND
+    budget = settings.max_batch_window_seconds * FRAMES_PER_SECOND
     parts: list[list[_Item]] = []
     widest = 0
     for item in items:
