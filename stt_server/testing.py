@@ -103,7 +103,9 @@ class _LoopLag:
                 await self._task
 
 
-class _Collector:
+class ResultCollector:
+    """Reads a stream's results in the background; keeps the error that ended them, if any."""
+
     def __init__(self, stream: TranscriptionStream) -> None:
         self.results: list[Result] = []
         self.error: BaseException | None = None
@@ -119,6 +121,10 @@ class _Collector:
     @property
     def finals(self) -> list[Result]:
         return [r for r in self.results if r.is_final]
+
+    @property
+    def text(self) -> str:
+        return " ".join(r.text for r in self.finals)
 
     async def ended(self, timeout: float, what: str) -> None:
         try:
@@ -231,7 +237,7 @@ async def _check_full_stream(provider: Provider, params: SessionParams, audio_fo
                              timeout: float, tolerance: float, bytes_per_second: int) -> None:
     what = "send everything, then close()"
     stream = _open(provider, params, audio_format, what)
-    collector = _Collector(stream)
+    collector = ResultCollector(stream)
     await _feed(stream, odd_chunks(speech, chunk_bytes), pace, bytes_per_second)
     await asyncio.wait_for(stream.close(), timeout)
     await collector.ended(timeout, what)
@@ -248,7 +254,7 @@ async def _check_finalize(provider: Provider, params: SessionParams, audio_forma
                           tolerance: float, bytes_per_second: int) -> None:
     what = "finalize() mid-stream"
     stream = _open(provider, params, audio_format, what)
-    collector = _Collector(stream)
+    collector = ResultCollector(stream)
     # Half the speech: finalize must cut there, not wait for the end of the utterance.
     half = len(speech) // 2 - (len(speech) // 2) % 2
     await _feed(stream, odd_chunks(speech[:half], chunk_bytes), 0.0, bytes_per_second)
@@ -275,13 +281,13 @@ async def _check_empty_and_abort(provider: Provider, params: SessionParams, audi
                                  chunk: bytes, *, timeout: float) -> None:
     what = "close() with no audio"
     stream = _open(provider, params, audio_format, what)
-    collector = _Collector(stream)
+    collector = ResultCollector(stream)
     await asyncio.wait_for(stream.close(), timeout)
     await collector.ended(timeout, what)
     _fail(not any(r.text.strip() for r in collector.finals), f"{what}: a final with text for no audio")
     what = "abort()"
     stream = _open(provider, params, audio_format, what)
-    collector = _Collector(stream)
+    collector = ResultCollector(stream)
     await stream.send_audio(chunk)
     await asyncio.wait_for(stream.abort(), timeout)
     await collector.ended(timeout, what)

@@ -2,16 +2,40 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import socket
 import ssl
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+from support import REPO
 
 NULL_ONLY = {"server": {"default_provider": "null"}, "providers": {"whisper": {"enabled": False}}}
+
+
+async def spawn_server(config_path: Path, directory: Path) -> asyncio.subprocess.Process:
+    """`stt-server --config FILE` as a child process, this checkout's package whatever is
+    installed, its JSON log on stderr."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "stt_server.cli", "--config", str(config_path),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=directory,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
+
+
+async def read_events(proc: asyncio.subprocess.Process, events: list[dict]) -> None:
+    """Append each log line of ``proc`` to ``events``: its JSON object, or the raw text as ``event``."""
+    assert proc.stderr is not None
+    async for line in proc.stderr:
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            events.append({"event": line.decode(errors="replace").rstrip()})
 
 
 def http_get(url: str, headers: dict[str, str] | None = None,

@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,7 @@ from typing import Any
 import websockets
 import yaml
 from conftest import deep_merge, write_token_file
-from ops_support import free_port
-from support import REPO
+from ops_support import free_port, read_events, spawn_server
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -52,21 +50,14 @@ class Instance:
 
     async def start(self, listening: int = 1) -> None:
         """Start; wait for ``listening`` "listening" lines (one per worker)."""
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "stt_server.cli", "--config", str(self.directory / "config.yaml"),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=self.directory,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
+        self.proc = await spawn_server(self.directory / "config.yaml", self.directory)
         self._reader = asyncio.create_task(self._read())
         await self.wait_for(lambda: len(self.named("listening")) >= listening, "listening")
         self.port = int(self.named("listening")[0]["url"].rsplit(":", 1)[1])
 
     async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        async for line in self.proc.stderr:
-            try:
-                self.events.append(json.loads(line))
-            except ValueError:
-                self.events.append({"event": line.decode(errors="replace").rstrip()})
+        assert self.proc is not None
+        await read_events(self.proc, self.events)
 
     def named(self, name: str, after: int = 0) -> list[dict[str, Any]]:
         return [e for e in self.events[after:] if e.get("event") == name]

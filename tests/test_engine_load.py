@@ -42,13 +42,12 @@ def metric(live, name: str) -> float:
                if line.startswith(name) and not line.startswith("#") and "_created" not in line)
 
 
-async def _flood(url: str, pcm: bytes, transcript: Transcript, sent: dict[str, float]) -> None:
+async def _flood(url: str, pcm: bytes, transcript: Transcript) -> None:
     """Send as fast as the socket allows, then CloseStream; collect until the close."""
     async with websockets.connect(url, max_size=None) as ws:
         reader = asyncio.create_task(collect(ws, transcript))
         for chunk in chunked(pcm, CHUNK):
             await ws.send(chunk)
-        sent["done"] = time.monotonic()
         await ws.send(json.dumps({"type": "CloseStream"}))
         await asyncio.wait_for(reader, 600)
 
@@ -68,8 +67,8 @@ async def test_a_fast_sender_is_held_back_and_all_its_audio_is_transcribed(make_
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     times = 6
-    transcript, sent = Transcript(), {}
-    await _flood(live.url(interim_results="false"), repeated(jfk_pcm, times), transcript, sent)
+    transcript = Transcript()
+    await _flood(live.url(interim_results="false"), repeated(jfk_pcm, times), transcript)
     sampling = False
     sampler.join()
     assert transcript.close_code == 1000, transcript.close_reason
@@ -90,9 +89,8 @@ async def test_a_real_time_session_keeps_getting_finals_while_another_floods(mak
     # The full-window decoder (3x the CPU per utterance): the flood must still be queued when
     # the real-time session ends, whatever the machine; the scheduler is the same either way.
     live = make_server({"providers": {"whisper": {"full_window": True}}})
-    flood, flood_sent = Transcript(), {}
-    flooder = asyncio.create_task(_flood(live.url(interim_results="false"), repeated(jfk_pcm, 24), flood,
-                                         flood_sent))
+    flood = Transcript()
+    flooder = asyncio.create_task(_flood(live.url(interim_results="false"), repeated(jfk_pcm, 24), flood))
     await wait_until(lambda: live.server.providers["whisper"].scheduler.stats().queued_final_seconds > 5,
                      what="the flood to queue work")
     real_time = await stream_audio(live.url(interim_results="false"), chunked(jfk_pcm, CHUNK), delay=0.25)
@@ -151,8 +149,8 @@ async def test_audio_cut_at_the_drain_deadline_is_reported_never_closed_1000(mak
 
 async def test_new_sessions_are_refused_while_the_engine_is_behind(make_server, jfk_pcm: bytes) -> None:
     live = make_server({"limits": {"max_engine_wait_seconds": 0.2, "max_backlog_seconds": 60}})
-    flood, sent = Transcript(), {}
-    flooder = asyncio.create_task(_flood(live.url(interim_results="false"), repeated(jfk_pcm, 5), flood, sent))
+    flood = Transcript()
+    flooder = asyncio.create_task(_flood(live.url(interim_results="false"), repeated(jfk_pcm, 5), flood))
 
     def refused() -> bool:
         try:

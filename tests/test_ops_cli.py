@@ -4,10 +4,7 @@ SIGTERM draining an open session, and a second signal that exits at once."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +13,8 @@ import pytest
 import websockets
 import yaml
 from conftest import write_token_file
-from support import JFK_FLAC, REPO, Transcript, chunked, collect, load_pcm16
+from ops_support import read_events, spawn_server
+from support import JFK_FLAC, Transcript, chunked, collect, load_pcm16
 
 NULL_CONFIG = {"server": {"port": 0, "default_provider": "null", "drain_timeout_seconds": 10},
                "providers": {"whisper": {"enabled": False}, "null": {"enabled": True}},
@@ -40,21 +38,13 @@ class ServerProcess:
         self.config_path.write_text(text)
 
     async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "stt_server.cli", "--config", str(self.config_path),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=self.directory,
-            # This checkout's package, whatever is installed.
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
+        self.proc = await spawn_server(self.config_path, self.directory)
         self._reader = asyncio.create_task(self._read())
         self.url = (await self.event("listening"))["url"]
 
     async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        async for line in self.proc.stderr:
-            try:
-                self.events.append(json.loads(line))
-            except ValueError:
-                self.events.append({"event": line.decode(errors="replace")})
+        assert self.proc is not None
+        await read_events(self.proc, self.events)
 
     async def event(self, name: str, after: int = 0, timeout: float = 120) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

@@ -27,8 +27,8 @@ from stt_server.config import build
 from stt_server.errors import CapacityError, ConfigError, ProviderError, RequestError
 from stt_server.providers.base import TranscriptionStream
 from stt_server.providers.pocketsphinx import PocketsphinxOptions, PocketsphinxProvider
-from stt_server.results import Result
 from stt_server.session import Endpoint, SessionParams
+from stt_server.testing import ResultCollector
 
 RATE = 16_000
 CHUNK = 3_200  # 100 ms of PCM16
@@ -87,28 +87,7 @@ def provider() -> Iterator[PocketsphinxProvider]:
     assert multiprocessing.active_children() == []
 
 
-class Collector:
-    """Reads a stream's results in the background; keeps the error that ended them, if any."""
-
-    def __init__(self, stream: TranscriptionStream) -> None:
-        self.results: list[Result] = []
-        self.error: BaseException | None = None
-        self.task = asyncio.get_running_loop().create_task(self._run(stream))
-
-    async def _run(self, stream: TranscriptionStream) -> None:
-        try:
-            async for result in stream.results():
-                self.results.append(result)
-        except ProviderError as exc:
-            self.error = exc
-
-    @property
-    def finals(self) -> list[Result]:
-        return [r for r in self.results if r.is_final]
-
-    @property
-    def text(self) -> str:
-        return " ".join(r.text for r in self.finals)
+Collector = ResultCollector  # the conformance kit's
 
 
 async def feed(stream: TranscriptionStream, pcm: bytes, pace: float = 0.0) -> None:

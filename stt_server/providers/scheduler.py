@@ -138,7 +138,6 @@ class EngineScheduler(Generic[P, R]):
         # Lanes with queued jobs, per priority, in round-robin order.
         self._rings: dict[Priority, collections.deque[Lane]] = {
             Priority.FINAL: collections.deque(), Priority.INTERIM: collections.deque()}
-        self._lanes = 0
         self._queued = 0
         self._queued_final_seconds = 0.0
         self._busy = 0
@@ -190,8 +189,6 @@ class EngineScheduler(Generic[P, R]):
         return not any(thread.is_alive() for thread in self._threads)
 
     def lane(self, name: str) -> Lane:
-        with self._lock:
-            self._lanes += 1
         return Lane(self, name)
 
     # --- submitting --------------------------------------------------------------------------
@@ -239,7 +236,6 @@ class EngineScheduler(Generic[P, R]):
             if lane.closed:
                 return
             lane.closed = True
-            self._lanes -= 1
             dropped: list[_Job[Any]] = []
             for priority, queue in lane.queues.items():
                 dropped += queue
