@@ -81,20 +81,21 @@ class Collector:
         return " ".join(r.text for r in self.finals)
 
 
-async def feed(stream: TranscriptionStream, pcm: bytes, pace: float = 0.0) -> None:
-    """Send 100 ms chunks; ``pace`` × real time, 0 = as fast as possible."""
+async def feed(stream: TranscriptionStream, pcm: bytes, pace: float = 0.0, chunk: int = CHUNK) -> None:
+    """Send ``chunk``-byte chunks (100 ms); ``pace`` × real time, 0 = as fast as possible."""
     began = time.monotonic()
-    for i in range(0, len(pcm), CHUNK):
-        await stream.send_audio(pcm[i:i + CHUNK])
+    for i in range(0, len(pcm), chunk):
+        await stream.send_audio(pcm[i:i + chunk])
         if pace:
-            due = began + (i + CHUNK) / 2 / RATE / pace
+            due = began + (i + chunk) / 2 / RATE / pace
             await asyncio.sleep(max(0.0, due - time.monotonic()))
 
 
-async def transcribe(provider: WhisperProvider, pcm: bytes, *, pace: float = 0.0, **params: object) -> Collector:
+async def transcribe(provider: WhisperProvider, pcm: bytes, *, pace: float = 0.0, chunk: int = CHUNK,
+                     **params: object) -> Collector:
     stream = provider.open_stream(session(**params), pcm16_mono(RATE))
     collector = Collector(stream)
-    await feed(stream, pcm, pace)
+    await feed(stream, pcm, pace, chunk)
     await stream.close()
     await asyncio.wait_for(collector.task, 30)
     return collector
@@ -128,6 +129,32 @@ async def test_interim_arrives_before_first_final_at_twice_real_time(provider: W
     assert wer(JFK_TEXT, got.text) <= 0.15, got.text
     for result in got.results:
         assert result.text and 0.0 <= result.start < result.end <= JFK_SECONDS + 0.01
+
+
+@pytest.mark.slow
+async def test_long_stream_cuts_every_repetition_alike(provider: WhisperProvider) -> None:
+    """The VAD's state is restarted at pauses, so the 5th repetition of a recording is cut like the
+    1st. Without it Silero's state drifted: the quiet "ask not" began 0.35 s later from the third
+    repetition on ("Masked off!") and 0.7 s later from the sixth ("Knock!"). The cuts must not
+    depend on how the client sizes its frames either."""
+    period = len(JFK) + 2 * RATE  # 1 s of silence after each repetition
+    repeats = 6
+    pcm = (JFK + silence(1.0)) * repeats
+    by_chunking = []
+    for chunk in (CHUNK, 20 * CHUNK + 2):  # 100 ms frames; ~2 s frames of odd size
+        got = await transcribe(provider, pcm, chunk=chunk)
+        by_chunking.append([(r.start, r.end, r.text) for r in got.finals])
+        per_repeat: list[list[tuple[float, float, str]]] = [[] for _ in range(repeats)]
+        for r in got.finals:
+            k = int(r.start // (period / 2 / RATE))
+            offset = k * period / 2 / RATE
+            per_repeat[k].append((round(r.start - offset, 2), round(r.end - offset, 2), r.text))
+        # The first repetition starts the stream from a fresh state (no pause before it).
+        assert all(cuts == per_repeat[1] for cuts in per_repeat[2:]), per_repeat
+        assert len(per_repeat[1]) == 3 and "ask not" in per_repeat[1][1][2].lower(), per_repeat[1]
+        assert wer(" ".join([JFK_TEXT] * (repeats - 1)), " ".join(
+            text for cuts in per_repeat[1:] for _, _, text in cuts)) <= 0.1
+    assert by_chunking[0] == by_chunking[1]
 
 
 async def test_silence_and_noise_give_no_text(provider: WhisperProvider) -> None:
@@ -274,6 +301,22 @@ def test_segmenter_endpoint_after_silence() -> None:
     # 0.4 is above the release threshold (0.35): speech holds through it, then 4 windows of quiet.
     assert cuts == [Cut(start=10 * 512 - 100, end=22 * 512 + 100, speech_final=True, voiced=10 * 512)]
     assert not seg.active and seg.keep_from() >= cuts[0].end
+
+
+def test_segmenter_stops_where_the_vad_restarts() -> None:
+    seg = segmenter(idle_restart_samples=20 * 512)
+    probs = [0.1] * 10 + [0.9] * 10 + [0.1] * 10
+    cuts = seg.push(0, probs)
+    # The pause ends the utterance at window 24; the VAD restarts after it and the caller pushes
+    # the rest again (from the new state's probabilities).
+    assert len(cuts) == 1 and seg.restart_at == 24 * 512 and seg.pos == 24 * 512
+    assert seg.push(24 * 512, probs[24:]) == [] and seg.restart_at is None
+    # Without utterances, it restarts every idle_restart_samples (counted from the last restart).
+    assert seg.push(30 * 512, [0.1] * 13) == [] and seg.restart_at is None
+    assert seg.push(43 * 512, [0.1] * 5) == [] and seg.restart_at == 44 * 512
+    # Never inside an utterance.
+    seg.push(44 * 512, [0.9] * 40)
+    assert seg.restart_at is None and seg.active
 
 
 def test_segmenter_noise_never_starts_an_utterance() -> None:

@@ -51,6 +51,14 @@ VAD_WINDOW = 512
 VAD_CONTEXT = 64
 # Hysteresis: once speech started, it goes on until the probability drops this much lower.
 VAD_RELEASE = 0.15
+# Silero's recurrent state drifts over a long stream: on jfk.flac repeated with 1 s gaps, the
+# onset of the quiet "ask not" scored 0.61 in the first repetition, 0.48 in the third and 0.40
+# in the seventh, so the utterance started later each time ("Masked off!", "Knock!"). The
+# state is restarted (StreamingVad.restart) after a pause ended an utterance, and every this
+# many seconds without an utterance, so each utterance is judged on its recent past only.
+VAD_IDLE_RESTART_SECONDS = 10.0
+VAD_WARM_UP_SECONDS = 4.0
+VAD_WARM_UP_WINDOWS = int(VAD_WARM_UP_SECONDS * SAMPLE_RATE) // VAD_WINDOW
 # Smoothing of the decode-time estimate that paces interims (weight of the newest sample).
 DECODE_EMA_WEIGHT = 0.3
 PUNCTUATION = str.maketrans("", "", ".,?!;:\"“”…¿¡")
@@ -141,7 +149,8 @@ class Segmenter:
     """
 
     def __init__(self, *, threshold: float, pad: int, silence_samples: int, speech_final: bool,
-                 max_samples: int, window: int = VAD_WINDOW) -> None:
+                 max_samples: int, window: int = VAD_WINDOW,
+                 idle_restart_samples: int = int(VAD_IDLE_RESTART_SECONDS * SAMPLE_RATE)) -> None:
         self.threshold = threshold
         self.release = max(threshold - VAD_RELEASE, 0.01)
         self.pad = pad
@@ -160,6 +169,11 @@ class Segmenter:
         self._voiced = 0
         # (window start, probability) since the utterance started: to choose a forced cut point.
         self._windows: list[tuple[int, float]] = []
+        # Where the VAD's state was last reset (see VAD_IDLE_RESTART_SECONDS); and, after push(),
+        # where it must be reset now, or None.
+        self.idle_restart_samples = idle_restart_samples
+        self._restarted = 0
+        self.restart_at: int | None = None
 
     @property
     def active(self) -> bool:
@@ -176,11 +190,21 @@ class Segmenter:
         return max(self.floor, self.pos - self.pad)
 
     def push(self, first_window: int, probs: Sequence[float]) -> list[Cut]:
+        """The cuts that the probabilities of consecutive windows from ``first_window`` make.
+
+        Stops early, with ``restart_at`` set, where the VAD's state is to be reset (after a
+        pause ended an utterance, or after a long time without one): the probabilities after
+        that point came from the old state, and the caller pushes them again from a fresh one.
+        """
         cuts: list[Cut] = []
+        self.restart_at = None
         for i, prob in enumerate(probs):
             w = first_window + i * self.window
             end = w + self.window
             self.pos = end
+            if self.start is None and prob < self.release and end - self._restarted >= self.idle_restart_samples:
+                self._restart(end)
+                break
             if prob >= self.threshold:
                 self.in_speech = True
             elif prob < self.release:
@@ -198,9 +222,16 @@ class Segmenter:
                 self._voiced += self.window
             if self.silence_samples and end - self._last_voiced_end >= self.silence_samples:
                 cuts.append(self._close(min(self._last_voiced_end + self.pad, end), self.speech_final))
+                self._restart(end)
+                break
             elif end - self.start >= self.max_samples:
                 cuts.append(self._forced_cut(end))
         return cuts
+
+    def _restart(self, position: int) -> None:
+        self._restarted = position
+        self.in_speech = False
+        self.restart_at = position
 
     def cut(self, end: int) -> Cut | None:
         """Finalize / stream end: close the current utterance at ``end``, if there is one."""
@@ -311,6 +342,11 @@ class StreamingVad:
     faster-whisper's ONNX export treats the batch axis as time, carrying ``h``/``c`` through
     it, so feeding windows in pieces with the returned state gives exactly the probabilities of
     one pass over the whole audio (checked on jfk.flac).
+
+    ``restart()`` bounds how far back the state remembers (VAD_IDLE_RESTART_SECONDS): a fresh
+    state warmed on the last VAD_WARM_UP_SECONDS of audio. Fresh alone is not enough: right
+    after a reset the quiet "ask not" scored too few speech windows to count as an utterance;
+    warmed on 3-5 s it started within 50 ms of a stream's first repetition, wherever the reset.
     """
 
     def __init__(self, session: Any) -> None:
@@ -319,6 +355,8 @@ class StreamingVad:
         self._c = np.zeros((1, 1, 128), dtype=np.float32)
         self._context = np.zeros(VAD_CONTEXT, dtype=np.float32)
         self._pending = np.zeros(0, dtype=np.float32)
+        # The latest call's windows and the VAD_WARM_UP_SECONDS of windows before them.
+        self._history = np.zeros((0, VAD_WINDOW), dtype=np.float32)
 
     def process(self, samples: np.ndarray) -> np.ndarray:
         """Blocking: probabilities for each complete window the new samples finish."""
@@ -328,6 +366,24 @@ class StreamingVad:
         if not usable:
             return np.zeros(0, dtype=np.float32)
         windows = audio[:usable].reshape(-1, VAD_WINDOW)
+        self._history = np.concatenate([self._history[-VAD_WARM_UP_WINDOWS:], windows])
+        return self._run(windows)
+
+    def restart(self, last_windows: int) -> np.ndarray:
+        """Blocking: a fresh state, warmed on the audio before the last ``last_windows`` windows
+        seen; returns those windows' probabilities again, from the new state."""
+        split = self._history.shape[0] - last_windows
+        self._h = np.zeros_like(self._h)
+        self._c = np.zeros_like(self._c)
+        self._context = np.zeros(VAD_CONTEXT, dtype=np.float32)
+        warm_up = self._history[max(0, split - VAD_WARM_UP_WINDOWS):split]
+        if warm_up.shape[0]:
+            self._run(warm_up)
+        if not last_windows:
+            return np.zeros(0, dtype=np.float32)
+        return self._run(self._history[split:])
+
+    def _run(self, windows: np.ndarray) -> np.ndarray:
         contexts = np.concatenate([self._context[None], windows[:-1, -VAD_CONTEXT:]], axis=0)
         batch = np.concatenate([contexts, windows], axis=1).astype(np.float32)
         out, self._h, self._c = self._session.run(None, {"input": batch, "h": self._h, "c": self._c})
@@ -410,8 +466,21 @@ class WhisperStream(TranscriptionStream):
             except Exception as exc:  # noqa: BLE001 - any engine failure ends this stream, never the loop
                 self._fail(ProviderError(f"voice activity detection failed: {exc}"))
                 return
-            for cut in self._segmenter.push(window_start, probs.tolist()):
-                self._commit(cut)
+            while True:
+                for cut in self._segmenter.push(window_start, probs.tolist()):
+                    self._commit(cut)
+                restart_at = self._segmenter.restart_at
+                if restart_at is None:
+                    break
+                # The VAD's state is reset there (VAD_IDLE_RESTART_SECONDS); the windows after
+                # it are judged again from the fresh state.
+                rest = len(probs) - (restart_at - window_start) // VAD_WINDOW
+                window_start = restart_at
+                try:
+                    probs = await self._provider.run_vad(self._vad.restart, rest)
+                except Exception as exc:  # noqa: BLE001 - as above
+                    self._fail(ProviderError(f"voice activity detection failed: {exc}"))
+                    return
             self._audio.drop_before(self._segmenter.keep_from())
             self._maybe_interim()
 
