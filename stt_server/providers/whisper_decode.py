@@ -9,9 +9,12 @@ CTranslate2 model (``model.model``) is called directly:
   audio, Whisper loops ("Please turn off the kitchen lights. Please turn off ..."); padded with
   faster-whisper's zero-valued mel frames it looped at every pad length tried; with silence,
   2-4 s kept the regression set's WER at or below the full window's (bench/RESULTS.md).
-* **Batching.** Utterances (from any sessions) are encoded and generated in one CTranslate2
+* **Batching.** Utterances (from any sessions) are generated (beam search) in one CTranslate2
   call, each padded with silence to the longest member's window; finals and interims are
   separate calls (different beams). MAX_BATCH: where batching stopped paying on the 2-core box.
+  The encoder and the word alignment run one utterance at a time (see ``_encode`` and
+  ``_word_timestamps``): their working memory grows with the batch and batching them saved
+  no time.
 * **Guards against invented text**, after faster-whisper's: no text when the no-speech
   probability is high and the text improbable, when the output is a loop (compression ratio,
   or more tokens than the audio's length allows), and for digital silence; a sentence that
@@ -172,8 +175,8 @@ def decode_batch(model: Any, requests: Sequence[DecodeRequest], settings: Decode
     """Blocking: decode utterances together; results in request order.
 
     Finals and interims are decoded separately (different beams), each with one CTranslate2
-    encode, one generate (plus one per fallback temperature, for the members that need it)
-    and, for finals that want words, one alignment per language. Every result carries the
+    encode per member, one generate (plus one per fallback temperature, for the members that
+    need it) and, for finals that want words, one alignment per member. Every result carries the
     wall time of the whole call in ``seconds``.
     """
     began = time.perf_counter()
@@ -199,8 +202,9 @@ def decode_batch(model: Any, requests: Sequence[DecodeRequest], settings: Decode
 
 def _by_window_budget(items: list[_Item], settings: DecodeSettings) -> list[list[_Item]]:
     """Consecutive runs of ``items`` whose padded windows (members × the longest window) fit
-    ``settings.max_batch_window_seconds``: memory grows with it (four 24 s windows with beam 5 and word
-    alignment took ~250 MB), and long utterances gain little from sharing a call."""
+    ``settings.max_batch_window_seconds``: the beam search's memory grows with it (~12 MiB per
+    15 s window, for the cross-attention keys and values), and long utterances gain little from
+    sharing a call."""
     budget = settings.max_batch_window_seconds * FRAMES_PER_SECOND
     parts: list[list[_Item]] = []
     widest = 0
@@ -244,7 +248,7 @@ def _features(model: Any, items: Sequence[_Item], settings: DecodeSettings) -> n
 def _decode_group(model: Any, items: list[_Item], settings: DecodeSettings,
                   *, final: bool) -> list[tuple[str, float, tuple[Word, ...]]]:
     features = _features(model, items, settings)
-    encoded = model.encode(features)
+    encoded = _encode(model, features)
     whisper = model.model
     multilingual = bool(whisper.is_multilingual)
     _detect_languages(model, [item for item in items if item.language is None])
@@ -428,33 +432,42 @@ def _suppressed_tokens(tokenizer: Any, configured: tuple[int, ...]) -> tuple[int
 
 def _word_timestamps(model: Any, items: list[_Item], wanted: list[_Item], encoded: Any, features: np.ndarray,
                      tokenizers: dict[str, Any]) -> list[tuple[_Item, tuple[Word, ...]]]:
-    """Cross-attention alignment (faster-whisper's add_word_timestamps), one call per language,
-    over the audio's own frames only."""
+    """Cross-attention alignment (faster-whisper's add_word_timestamps) over the audio's own
+    frames, one utterance at a time: aligned together, four 15 s windows held ~54 MiB of
+    attention at once against ~13 MiB for one, for ~2% less time (bench/RESULTS.md)."""
     found = []
-    for language, tokenizer in tokenizers.items():
-        group = [item for item in wanted if (item.language or "en") == language]
-        if not group:
-            continue
-        rows = [items.index(item) for item in group]
-        encoder_output = encoded if len(rows) == len(items) else _rows(model, encoded, features, rows)
+    for item in wanted:
+        row = items.index(item)
+        encoder_output = encoded if len(items) == 1 else _rows(model, encoded, features, [row])
         segments: list[list[dict[str, Any]]] = [[{"seek": 0, "start": 0.0, "end": item.frames / FRAMES_PER_SECOND,
-                                                  "tokens": item.tokens}]
-                    for item in group]
-        model.add_word_timestamps(segments, tokenizer, encoder_output, [item.frames for item in group],
+                                                  "tokens": item.tokens}]]
+        model.add_word_timestamps(segments, tokenizers[item.language or "en"], encoder_output, [item.frames],
                                   PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS, last_speech_timestamp=0.0)
-        for item, segment in zip(group, segments):
-            duration = item.request.audio.size / SAMPLE_RATE
-            words = []
-            for word in segment[0].get("words", ()):
-                token = word["word"].strip()
-                if not token:
-                    continue
-                start = min(max(float(word["start"]), 0.0), duration)
-                end = min(max(float(word["end"]), start), duration)
-                words.append(Word(token, round(start, 3), round(end, 3),
-                                  min(1.0, max(0.0, float(word["probability"])))))
-            found.append((item, tuple(words)))
+        duration = item.request.audio.size / SAMPLE_RATE
+        words = []
+        for word in segments[0][0].get("words", ()):
+            token = word["word"].strip()
+            if not token:
+                continue
+            start = min(max(float(word["start"]), 0.0), duration)
+            end = min(max(float(word["end"]), start), duration)
+            words.append(Word(token, round(start, 3), round(end, 3),
+                              min(1.0, max(0.0, float(word["probability"])))))
+        found.append((item, tuple(words)))
     return found
+
+
+def _encode(model: Any, features: np.ndarray) -> Any:
+    """The encoder output of a batch, encoded one member at a time on the CPU and stacked for
+    one generate. The encoder's self-attention scores grow with the window squared (~13.5 MB a
+    layer for a 15 s window): four encoded together peaked at ~88 MiB of working memory, one
+    at a time at ~24 MiB, and the whole decode ran ~10% faster (bench/RESULTS.md)."""
+    if features.shape[0] == 1 or getattr(model.model, "device", "cpu") != "cpu":
+        return model.encode(features)
+    import ctranslate2  # type: ignore[import-untyped]
+
+    rows = [np.asarray(model.encode(np.ascontiguousarray(features[i:i + 1]))) for i in range(features.shape[0])]
+    return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.concatenate(rows)))
 
 
 def _rows(model: Any, encoded: Any, features: np.ndarray, rows: list[int]) -> Any:
