@@ -19,13 +19,16 @@ from support import JFK_FLAC, JFK_TEXT, load_pcm16, wer
 from stt_server.audio_format import pcm16_mono
 from stt_server.config import build
 from stt_server.errors import ConfigError, ProviderError, RequestError
+from stt_server.providers import whisper as whisper_module
 from stt_server.providers.base import TranscriptionStream
 from stt_server.providers.whisper import (
     Cut,
     Decoded,
+    DecodeRequest,
     Segmenter,
     WhisperOptions,
     WhisperProvider,
+    decode_batch,
     make_result,
     whisper_language,
 )
@@ -155,6 +158,43 @@ async def test_long_stream_cuts_every_repetition_alike(provider: WhisperProvider
         assert wer(" ".join([JFK_TEXT] * (repeats - 1)), " ".join(
             text for cuts in per_repeat[1:] for _, _, text in cuts)) <= 0.1
     assert by_chunking[0] == by_chunking[1]
+
+
+@pytest.mark.slow
+async def test_final_is_decoded_ahead_of_the_endpoint(provider: WhisperProvider,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a pause reaches the pad (300 ms) the final's audio is complete: its decode starts
+    then, and the endpoint (800 ms) emits it without decoding again."""
+    decoded: list[bool] = []
+
+    def counting(model: object, requests: list[DecodeRequest], settings: object) -> list[Decoded]:
+        decoded.extend(request.final for request in requests)
+        return decode_batch(model, requests, settings)
+
+    monkeypatch.setattr(whisper_module, "decode_batch", counting)
+    stream = provider.open_stream(session(), pcm16_mono(RATE))
+    collector = Collector(stream)
+    await feed(stream, JFK[:int(2.6 * RATE) * 2] + silence(0.2))  # "And so my fellow Americans", 0.56 s of pause
+    speculation = stream._speculation  # type: ignore[attr-defined]
+    assert speculation is not None and not collector.finals
+    await asyncio.wait_for(asyncio.wait([speculation[2]]), 30)  # decoded before the endpoint
+    assert not collector.finals and decoded == [True]
+    await feed(stream, silence(1.0))
+    await stream.close()
+    await asyncio.wait_for(collector.task, 30)
+    assert "fellow americans" in collector.text.lower()
+    assert collector.finals[0].speech_final and (collector.finals[0].start, collector.finals[0].end) == (
+        speculation[0] / RATE, speculation[1] / RATE)
+    assert decoded == [True]  # the decode ahead was the final's
+
+
+@pytest.mark.slow
+async def test_pauses_shorter_than_the_endpoint_do_not_end_an_utterance(provider: WhisperProvider) -> None:
+    """jfk's pauses (~1 s) exceed the pad but not a 2 s endpoint: every decode started ahead at a
+    pause is dropped when speech resumes, and the whole recording is one final."""
+    got = await transcribe(provider, JFK + silence(2.5), pace=4.0, endpointing_ms=2000)
+    assert len(got.finals) == 1 and got.finals[0].speech_final, [r.text for r in got.finals]
+    assert wer(JFK_TEXT, got.text) <= 0.15, got.text
 
 
 async def test_silence_and_noise_give_no_text(provider: WhisperProvider) -> None:

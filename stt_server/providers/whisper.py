@@ -228,6 +228,17 @@ class Segmenter:
                 cuts.append(self._forced_cut(end))
         return cuts
 
+    def tentative_end(self) -> tuple[int, int] | None:
+        """(start, end) of the current utterance if the pause going on now turns out to end it.
+
+        The audio such a final decodes (up to the last voiced window + pad) is complete as soon
+        as the pause reaches the pad, long before it reaches ``silence_samples``.
+        """
+        if self.start is None or not self.silence_samples or self.in_speech:
+            return None
+        end = self._last_voiced_end + self.pad
+        return (self.start, end) if self.pos >= end else None
+
     def _restart(self, position: int) -> None:
         self._restarted = position
         self.in_speech = False
@@ -434,8 +445,10 @@ class WhisperStream(TranscriptionStream):
         self._lock = asyncio.Lock()
         # Finals decode concurrently but are emitted in order: each waits for the one before.
         self._last_final: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._interim: asyncio.Task[None] | None = None
+        # A final decoded ahead (see _speculate): the span it covers and its decode.
+        self._speculation: tuple[int, int, asyncio.Task[Decoded]] | None = None
         self._interim_started = -math.inf
         self._interim_upto = 0
         # Bumped at every cut, so an interim that finishes after its utterance ended is dropped.
@@ -482,6 +495,7 @@ class WhisperStream(TranscriptionStream):
                     self._fail(ProviderError(f"voice activity detection failed: {exc}"))
                     return
             self._audio.drop_before(self._segmenter.keep_from())
+            self._speculate()
             self._maybe_interim()
 
     async def finalize(self) -> None:
@@ -537,21 +551,61 @@ class WhisperStream(TranscriptionStream):
         """Start transcribing a finished utterance; its final is emitted after earlier ones."""
         self._utterance += 1
         self._interim_upto = 0
+        ahead = self._take_speculation(cut)
         if cut.voiced < self._min_voiced or cut.end <= cut.start:
             return
         audio = self._audio.float32(cut.start, cut.end)
         # Counted now, not when the task first runs: backpressure must see it at once.
         self._pending_seconds += (cut.end - cut.start) / SAMPLE_RATE
-        task = asyncio.get_running_loop().create_task(self._final(cut, audio, self._last_final))
+        task = asyncio.get_running_loop().create_task(self._final(cut, audio, self._last_final, ahead))
         self._last_final = task
         self._track(task)
 
-    async def _final(self, cut: Cut, audio: np.ndarray, previous: asyncio.Task[None] | None) -> None:
+    def _speculate(self) -> None:
+        """Decode the final of an utterance ahead, once a pause reaches the pad.
+
+        The final's audio is then complete, and an endpoint needs ``endpointing_ms`` of silence
+        (800 ms for the native API), so decoding while the endpoint is still unsure takes up to
+        that wait off the final's latency. If speech resumes, the decode is cancelled: free while
+        it is still queued (as it is under load), ~0.2 s of a worker otherwise.
+        """
+        tentative = self._segmenter.tentative_end()
+        current = self._speculation
+        if current is not None and (tentative is None or current[:2] != tentative):
+            current[2].cancel()
+            self._speculation = current = None
+        if (tentative is None or current is not None or self._segmenter.voiced < self._min_voiced
+                or self._done or self._closing):
+            return
+        start, end = tentative
+        request = self._request(self._audio.float32(start, end), final=True)
+        task = asyncio.get_running_loop().create_task(
+            self._lane.run(request, priority=Priority.FINAL, weight=(end - start) / SAMPLE_RATE))
+        # A decode dropped after it failed must not log "exception was never retrieved".
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        self._track(task)
+        self._speculation = (start, end, task)
+
+    def _take_speculation(self, cut: Cut) -> asyncio.Task[Decoded] | None:
+        """The decode ahead of ``cut``, when it covered exactly the cut's audio; else cancel it."""
+        current, self._speculation = self._speculation, None
+        if current is None:
+            return None
+        if current[:2] == (cut.start, cut.end):
+            return current[2]
+        current[2].cancel()
+        return None
+
+    async def _final(self, cut: Cut, audio: np.ndarray, previous: asyncio.Task[None] | None,
+                     ahead: asyncio.Task[Decoded] | None = None) -> None:
         seconds = (cut.end - cut.start) / SAMPLE_RATE
         try:
             try:
-                decoded = await self._lane.run(self._request(audio, final=True), priority=Priority.FINAL,
-                                               weight=seconds)
+                if ahead is not None:
+                    decoded = await ahead
+                else:
+                    decoded = await self._lane.run(self._request(audio, final=True), priority=Priority.FINAL,
+                                                   weight=seconds)
             except ProviderError as error:  # a hung call (engine_timeout), a stopped engine
                 self._fail(error)
                 return
@@ -626,7 +680,7 @@ class WhisperStream(TranscriptionStream):
         return ModelJob(self._model, DecodeRequest(audio, self._language, final=final,
                                                    words=final and self._session.words))
 
-    def _track(self, task: asyncio.Task[None]) -> None:
+    def _track(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
