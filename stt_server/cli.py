@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from . import __version__
+from . import __version__, malloc
 from . import providers as provider_registry
 from .config import Config, load
 from .errors import ConfigError, ListenError, ProviderError, SttServerError
@@ -204,26 +204,8 @@ def _tokens(config: Config, args: argparse.Namespace) -> int:
     return 1
 
 
-# glibc gives each thread that allocates its own malloc arena; the engines' worker threads
-# (CTranslate2, ONNX Runtime) then keep ~100 MB more resident under load than with two arenas
-# (bench/RESULTS.md). MALLOC_ARENA_MAX in the environment, when set, wins.
-MALLOC_ARENAS = 2
-M_ARENA_MAX = -8  # glibc's mallopt() parameter number
-
-
-def _limit_malloc_arenas() -> None:
-    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, MALLOC_ARENAS)
-    except (OSError, AttributeError):  # not glibc (musl, say): nothing to tune
-        pass
-
-
 def _serve(config: Config, reload_config: Callable[[], Config], args: argparse.Namespace) -> int:
-    _limit_malloc_arenas()
+    malloc.limit_arenas()
     configure(config.logging.level, config.logging.format)
     log = get_logger("stt_server.cli")
     token_path = config.resolve_path(config.tokens.file)

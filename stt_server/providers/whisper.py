@@ -32,6 +32,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from .. import malloc
 from ..audio_format import AudioFormat
 from ..config import require, within
 from ..errors import ProviderError, RequestError
@@ -94,6 +95,9 @@ class WhisperOptions:
     # one utterance per call; 60 = up to four short ones together, ~25% less CPU per utterance
     # but ~150 MiB more memory at full load (bench/RESULTS.md).
     batch_window_seconds: float = 60.0
+    # Shortest encoder window (s): each utterance is padded with silence to at least this
+    # (shorter windows garble two-word utterances; longer ones cost CPU and memory).
+    min_window_seconds: float = 10.0
     # Silero VAD speech probability (0..1) above which audio counts as speech.
     vad_threshold: float = 0.5
     # Audio kept before speech starts and after it ends, so onsets and trailing sounds are not clipped (ms).
@@ -116,6 +120,7 @@ class WhisperOptions:
         within("cpu_threads", self.cpu_threads, 0, 256)
         within("beam_size", self.beam_size, 1, 20)
         within("batch_window_seconds", self.batch_window_seconds, 1, 240)
+        within("min_window_seconds", self.min_window_seconds, 0, 30)
         require(0.0 < self.vad_threshold < 1.0, f"vad_threshold must be between 0 and 1, got {self.vad_threshold}")
         within("speech_pad_ms", self.speech_pad_ms, 0, 2000)
         within("min_speech_ms", self.min_speech_ms, 0, 5000)
@@ -737,7 +742,8 @@ class WhisperProvider(Provider):
         self.models: dict[str, LoadedModel] = {}
         self.compute_type = effective_compute_type(options.compute_type, options.device)
         self._settings = DecodeSettings(beam_size=options.beam_size, vad_threshold=options.vad_threshold,
-                                        max_batch_window_seconds=options.batch_window_seconds)
+                                        max_batch_window_seconds=options.batch_window_seconds,
+                                        min_window_seconds=options.min_window_seconds)
         # One scheduler for every model: fair across sessions whichever model they use.
         self.scheduler: EngineScheduler[ModelJob, Decoded] = EngineScheduler(
             "whisper", self._decode_batch, workers=options.workers,
@@ -921,6 +927,7 @@ class WhisperProvider(Provider):
         """Worker thread: pace interims by the recent decode time; feed the metrics."""
         self.decode_estimate += DECODE_EMA_WEIGHT * (seconds - self.decode_estimate)
         self.record_batch(size, seconds, waits)
+        malloc.release_free_memory()  # or the resident size ratchets up to the worst mix of calls
 
 
     def _load(self, path: str) -> Any:
@@ -940,13 +947,14 @@ class WhisperProvider(Provider):
         return SileroVADModel(os.path.join(get_assets_path(), "silero_vad_v6.onnx")).session
 
     def _warm_up(self, model: Any) -> float:
-        """One decode of a second of tone, without VAD (which would skip it); returns seconds."""
+        """One decode of a second of tone, the way sessions' finals are decoded; returns seconds."""
         began = time.perf_counter()
         tone = (0.1 * np.sin(np.arange(SAMPLE_RATE) * 2 * np.pi * 220 / SAMPLE_RATE)).astype(np.float32)
-        segments, _info = model.transcribe(tone, language="en", beam_size=1, temperature=0.0,
-                                                condition_on_previous_text=False, without_timestamps=True)
-        for _segment in segments:  # a generator: decoding happens while iterating
-            pass
+        request = DecodeRequest(tone, "en", final=True, words=True)
+        if self.options.full_window:
+            decode_full_window(model, request, self._settings)
+        else:
+            decode_batch(model, [request], self._settings)
         return time.perf_counter() - began
 
 

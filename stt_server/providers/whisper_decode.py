@@ -52,7 +52,7 @@ APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 # Silence after the audio in the short window (s); see the module docstring.
 PAD_SECONDS = 4.0
 # Shortest window (s); see DecodeSettings.min_window_seconds.
-MIN_WINDOW_SECONDS = 15.0
+MIN_WINDOW_SECONDS = 10.0
 # Windows are rounded up to a multiple of this many frames: the encoder halves the frames
 # (odd widths are accepted too; even keeps the alignment's frame count exact).
 WINDOW_ROUNDING_FRAMES = 2
@@ -117,9 +117,10 @@ class DecodeSettings:
     # Digital silence after the audio in the short window (s).
     pad_seconds: float = PAD_SECONDS
     # Shortest encoder window (s): two-word utterances (jfk's "ask not", as the live VAD cuts it)
-    # in a 5-6 s window came out garbled ("S NOT"); with 15 s they match the full window, and the
-    # regression set's WER is as good or better, for ~25% more CPU than no minimum (still about
-    # half the full window's) (bench/RESULTS.md).
+    # in a 5-6 s window came out garbled ("S NOT"). On the regression set 10 s and 15 s make the
+    # same number of word errors (clean 0.056 / 0.042, noisy 0.390 / 0.404; the full window: 0.056 /
+    # 0.474), and 10 s takes ~20% less CPU and a third less working memory per utterance; live,
+    # jfk's phrases come out right in 10 s windows (bench/RESULTS.md).
     min_window_seconds: float = MIN_WINDOW_SECONDS
     # Most padded window (s) one call encodes and decodes together (see MAX_BATCH_WINDOW_SECONDS).
     max_batch_window_seconds: float = MAX_BATCH_WINDOW_SECONDS
