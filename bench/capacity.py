@@ -174,8 +174,21 @@ async def fast_sender(args: argparse.Namespace, url: str, token: str, proc: Any,
     print(f"  real-time clients: WER {[round(wer(' '.join([JFK_TEXT] * 4), s.text), 3) for s in real_time]}, "
           f"final latency p50 {percentile(latencies, 0.5):.2f} s, p95 {percentile(latencies, 0.95):.2f} s, "
           f"max {max(latencies, default=float('nan')):.2f} s, closes {[s.close_code for s in real_time]}")
+    # The real-time clients send the fast sender's first four repetitions: the same audio at
+    # real time, so their finals must be the same (cuts and text) and so must the WER.
+    live_seconds = len(live) / 2 / RATE
+    head = [spans(s.finals) for s in real_time]
+    bulk_head = spans([f for f in bulk_session.finals if f["start"] < live_seconds])
+    head_text = " ".join(text for _, _, text in bulk_head)
+    print(f"  fast sender's first {live_seconds:.0f} s (the real-time clients' audio): "
+          f"WER {wer(' '.join([JFK_TEXT] * 4), head_text):.3f}, finals the same as the real-time clients': "
+          f"{'yes' if all(h == bulk_head for h in head) else 'NO'}")
     print(f"  server RSS: before {rss_before:.0f} MiB, peak {rss.peak:.0f} MiB "
           f"(growth {rss.peak - rss_before:.0f} MiB)")
+
+
+def spans(finals: list[dict[str, Any]]) -> list[tuple[float, float, str]]:
+    return [(f["start"], f["duration"], f["channel"]["alternatives"][0]["transcript"]) for f in finals]
 
 
 async def churn(args: argparse.Namespace, url: str, token: str, proc: Any, pcm: bytes) -> None:

@@ -91,13 +91,13 @@ class WhisperOptions:
     # time) instead of a window sized to the audio, batched: 2-3x the CPU per utterance, for
     # comparison or a model the right-sized window does not suit.
     full_window: bool = False
-    # Most audio window (s, each utterance padded to at least 15 s) decoded in one call: 15 =
-    # one utterance per call; 60 = up to four short ones together, ~25% less CPU per utterance
-    # but ~150 MiB more memory at full load (bench/RESULTS.md).
-    batch_window_seconds: float = 60.0
+    # Most audio window (s) beam-searched in one call (each utterance padded to at least
+    # min_window_seconds): 40 = up to four short ones together, ~15-20% less CPU per utterance
+    # than one per call; memory grows with it (bench/RESULTS.md).
+    batch_window_seconds: float = 40.0
     # Shortest encoder window (s): each utterance is padded with silence to at least this
-    # (shorter windows garble two-word utterances; longer ones cost CPU and memory).
-    min_window_seconds: float = 10.0
+    # (much shorter windows garble two-word utterances; longer ones cost CPU and memory).
+    min_window_seconds: float = 8.0
     # Silero VAD speech probability (0..1) above which audio counts as speech.
     vad_threshold: float = 0.5
     # Audio kept before speech starts and after it ends, so onsets and trailing sounds are not clipped (ms).

@@ -52,16 +52,17 @@ APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 # Silence after the audio in the short window (s); see the module docstring.
 PAD_SECONDS = 4.0
 # Shortest window (s); see DecodeSettings.min_window_seconds.
-MIN_WINDOW_SECONDS = 10.0
+MIN_WINDOW_SECONDS = 8.0
 # Windows are rounded up to a multiple of this many frames: the encoder halves the frames
 # (odd widths are accepted too; even keeps the alignment's frame count exact).
 WINDOW_ROUNDING_FRAMES = 2
 # Requests worth decoding in one call on a 2-core CPU (measured, bench/RESULTS.md): beyond it a
 # batch costs as much per utterance as separate calls and only delays the first result.
 MAX_BATCH = 4
-# Most padded window (s) one call encodes and decodes together: four short utterances (15 s
-# windows) share a call, two long ones (24 s) do, a 20 s utterance beside three more does not.
-MAX_BATCH_WINDOW_SECONDS = 60
+# Most padded window (s) one beam search decodes together: four short utterances (8-10 s
+# windows) share a call, two of 16 s do, a 20 s utterance (24 s) goes alone. The search holds
+# ~0.8 MiB per second of window; a batch of long windows gains little.
+MAX_BATCH_WINDOW_SECONDS = 40
 # Tokens the decoder may produce per second of audio (+ a constant), so a loop stops early
 # instead of running to Whisper's 448-token limit; fast speech is ~5 tokens/s.
 MAX_TOKENS_PER_SECOND = 12
@@ -116,13 +117,12 @@ class DecodeSettings:
     no_speech_threshold: float = 0.6
     # Digital silence after the audio in the short window (s).
     pad_seconds: float = PAD_SECONDS
-    # Shortest encoder window (s): two-word utterances (jfk's "ask not", as the live VAD cuts it)
-    # in a 5-6 s window came out garbled ("S NOT"). On the regression set 10 s and 15 s make the
-    # same number of word errors (clean 0.056 / 0.042, noisy 0.390 / 0.404; the full window: 0.056 /
-    # 0.474), and 10 s takes ~20% less CPU and a third less working memory per utterance; live,
-    # jfk's phrases come out right in 10 s windows (bench/RESULTS.md).
+    # Shortest encoder window (s): two-word utterances (jfk's "ask not", as the live VAD cut it)
+    # came out garbled ("S NOT") in a 5.6 s window. From 6 to 15 s the regression set makes the
+    # same word errors within 1-2 words (clean, 5 dB noise, 8 kHz mu-law; tiny.en and base),
+    # while each second less is ~4% less CPU and memory per utterance (bench/RESULTS.md).
     min_window_seconds: float = MIN_WINDOW_SECONDS
-    # Most padded window (s) one call encodes and decodes together (see MAX_BATCH_WINDOW_SECONDS).
+    # Most padded window (s) one beam search decodes together (see MAX_BATCH_WINDOW_SECONDS).
     max_batch_window_seconds: float = MAX_BATCH_WINDOW_SECONDS
     # Decode with Whisper's timestamp tokens: segments that start in the pad after the audio,
     # or repeat an earlier segment, are the loops a short window invites, and are dropped.
