@@ -143,6 +143,18 @@ def build(noisy: bool = True) -> list[Clip]:
                     for clip in clean]
 
 
+def narrowband(audio: np.ndarray) -> np.ndarray:
+    """The clip as a phone line carries it: 8 kHz mu-law (ffmpeg), back at 16 kHz float32."""
+    def ffmpeg(data: bytes, *args: str) -> bytes:
+        return subprocess.run(["ffmpeg", "-loglevel", "error", *args], input=data, capture_output=True,
+                              check=True, timeout=60).stdout
+
+    mulaw = ffmpeg(audio.astype(np.float32).tobytes(), "-f", "f32le", "-ar", str(RATE), "-ac", "1", "-i", "-",
+                   "-ar", "8000", "-f", "mulaw", "-")
+    back = ffmpeg(mulaw, "-f", "mulaw", "-ar", "8000", "-ac", "1", "-i", "-", "-ar", str(RATE), "-f", "f32le", "-")
+    return np.frombuffer(back, dtype=np.float32).copy()
+
+
 if __name__ == "__main__":
     for clip in build():
         print(f"{clip.name:24} {clip.seconds:5.2f} s  {clip.reference}")
