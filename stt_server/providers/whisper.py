@@ -92,9 +92,9 @@ class WhisperOptions:
     # comparison or a model the right-sized window does not suit.
     full_window: bool = False
     # Most audio window (s) beam-searched in one call (each utterance padded to at least
-    # min_window_seconds): 40 = up to four short ones together, ~15-20% less CPU per utterance
-    # than one per call; memory grows with it (bench/RESULTS.md).
-    batch_window_seconds: float = 40.0
+    # min_window_seconds): 24 = up to three short ones together; memory grows with it
+    # (bench/RESULTS.md).
+    batch_window_seconds: float = 24.0
     # Shortest encoder window (s): each utterance is padded with silence to at least this
     # (much shorter windows garble two-word utterances; longer ones cost CPU and memory).
     min_window_seconds: float = 8.0

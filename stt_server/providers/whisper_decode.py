@@ -59,10 +59,12 @@ WINDOW_ROUNDING_FRAMES = 2
 # Requests worth decoding in one call on a 2-core CPU (measured, bench/RESULTS.md): beyond it a
 # batch costs as much per utterance as separate calls and only delays the first result.
 MAX_BATCH = 4
-# Most padded window (s) one beam search decodes together: four short utterances (8-10 s
-# windows) share a call, two of 16 s do, a 20 s utterance (24 s) goes alone. The search holds
-# ~0.8 MiB per second of window; a batch of long windows gains little.
-MAX_BATCH_WINDOW_SECONDS = 40
+# Most padded window (s) one beam search decodes together: three utterances of up to 4 s
+# (8 s windows) share a call, two of up to 8 s do, longer ones go alone. The search holds
+# ~0.9 MiB per second of window and two workers search at once: at 40 s (four 10 s windows)
+# the fast sender of bench/capacity.py raised the RSS by 112 MiB, at 24 s by 67 MiB, for the
+# same latency at 16 streams (bench/RESULTS.md); a batch of long windows gains little.
+MAX_BATCH_WINDOW_SECONDS = 24
 # Tokens the decoder may produce per second of audio (+ a constant), so a loop stops early
 # instead of running to Whisper's 448-token limit; fast speech is ~5 tokens/s.
 MAX_TOKENS_PER_SECOND = 12
