@@ -161,6 +161,18 @@ async def test_long_stream_cuts_every_repetition_alike(provider: WhisperProvider
 
 
 @pytest.mark.slow
+async def test_finals_do_not_depend_on_the_sending_pace(provider: WhisperProvider) -> None:
+    """A file uploaded at full speed gets the finals a live client gets for the same audio, with
+    interims or without: cuts come from the audio alone, and decodes ahead of the endpoint are
+    the finals' own."""
+    pcm = (JFK + silence(1.0)) * 2
+    fast = await transcribe(provider, pcm)
+    paced = await transcribe(provider, pcm, pace=3.0, interim_results=True)
+    assert [(r.start, r.end, r.text) for r in fast.finals] == [(r.start, r.end, r.text) for r in paced.finals]
+    assert len(fast.finals) == 6 and wer(" ".join([JFK_TEXT] * 2), fast.text) <= 0.1, fast.text
+
+
+@pytest.mark.slow
 async def test_final_is_decoded_ahead_of_the_endpoint(provider: WhisperProvider,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Once a pause reaches the pad (300 ms) the final's audio is complete: its decode starts
