@@ -164,7 +164,8 @@ async def test_long_stream_cuts_every_repetition_alike(provider: WhisperProvider
 async def test_finals_do_not_depend_on_the_sending_pace(provider: WhisperProvider) -> None:
     """A file uploaded at full speed gets the finals a live client gets for the same audio, with
     interims or without: cuts come from the audio alone, and decodes ahead of the endpoint are
-    the finals' own."""
+    the finals' own. (Uploaded, jfk's two short phrases share a beam search; both have the 8 s
+    shortest window, so neither is padded to the other's.)"""
     pcm = (JFK + silence(1.0)) * 2
     fast = await transcribe(provider, pcm)
     paced = await transcribe(provider, pcm, pace=3.0, interim_results=True)

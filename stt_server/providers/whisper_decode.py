@@ -9,9 +9,9 @@ CTranslate2 model (``model.model``) is called directly:
   audio, Whisper loops ("Please turn off the kitchen lights. Please turn off ..."); padded with
   faster-whisper's zero-valued mel frames it looped at every pad length tried; with silence,
   2-4 s kept the regression set's WER at or below the full window's (bench/RESULTS.md).
-* **Batching.** Utterances (from any sessions) with the same window (rounded up to 1 s) are
-  generated (beam search) in one CTranslate2 call; finals and interims are separate calls
-  (different beams). MAX_BATCH: where batching stopped paying on the 2-core box.
+* **Batching.** Utterances (from any sessions) are generated (beam search) in one CTranslate2
+  call, each padded with silence to the longest member's window; finals and interims are
+  separate calls (different beams). MAX_BATCH: where batching stopped paying on the 2-core box.
   The encoder and the word alignment run one utterance at a time (see ``_encode`` and
   ``_word_timestamps``): their working memory grows with the batch and batching them saved
   no time.
@@ -53,11 +53,9 @@ APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 PAD_SECONDS = 4.0
 # Shortest window (s); see DecodeSettings.min_window_seconds.
 MIN_WINDOW_SECONDS = 8.0
-# Windows are rounded up to a multiple of this many frames (1 s), and only utterances with the
-# same window share a beam search: an utterance's window then depends on its own length alone,
-# never on what it is batched with, so its final is the same whether it was sent live or
-# uploaded at full speed (padded to a companion's longer window, a borderline word could flip).
-WINDOW_ROUNDING_FRAMES = 100
+# Windows are rounded up to a multiple of this many frames: the encoder halves the frames
+# (odd widths are accepted too; even keeps the alignment's frame count exact).
+WINDOW_ROUNDING_FRAMES = 2
 # Requests worth decoding in one call on a 2-core CPU (measured, bench/RESULTS.md): beyond it a
 # batch costs as much per utterance as separate calls and only delays the first result.
 MAX_BATCH = 4
@@ -206,19 +204,22 @@ def decode_batch(model: Any, requests: Sequence[DecodeRequest], settings: Decode
 
 
 def _by_window_budget(items: list[_Item], settings: DecodeSettings) -> list[list[_Item]]:
-    """``items`` grouped by window (see WINDOW_ROUNDING_FRAMES), each group split into runs
-    whose windows together fit ``settings.max_batch_window_seconds``: the beam search's memory
-    grows with it (~0.9 MiB per second of window), and long utterances gain little from
+    """Consecutive runs of ``items`` whose padded windows (members × the longest window) fit
+    ``settings.max_batch_window_seconds``: the beam search's memory grows with it (~12 MiB per
+    15 s window, for the cross-attention keys and values), and long utterances gain little from
     sharing a call."""
     budget = settings.max_batch_window_seconds * FRAMES_PER_SECOND
-    by_width: dict[int, list[list[_Item]]] = {}
+    parts: list[list[_Item]] = []
+    widest = 0
     for item in items:
         width = window_frames(item.frames, settings.pad_seconds, settings.min_window_seconds)
-        runs = by_width.setdefault(width, [[]])
-        if runs[-1] and (len(runs[-1]) + 1) * width > budget:
-            runs.append([])
-        runs[-1].append(item)
-    return [run for runs in by_width.values() for run in runs]
+        if parts and (len(parts[-1]) + 1) * max(widest, width) <= budget:
+            parts[-1].append(item)
+            widest = max(widest, width)
+        else:
+            parts.append([item])
+            widest = width
+    return parts
 
 
 def _content_frames(audio: np.ndarray) -> int:
@@ -227,8 +228,8 @@ def _content_frames(audio: np.ndarray) -> int:
 
 
 def _features(model: Any, items: Sequence[_Item], settings: DecodeSettings) -> np.ndarray:
-    """(batch, n_mels, frames): each utterance followed by digital silence up to its window
-    (the members' windows are equal, see _by_window_budget; else the longest).
+    """(batch, n_mels, frames): each utterance followed by digital silence up to the longest
+    member's window.
 
     The silence is added to the *audio*, as Whisper's training data was padded, so the pad
     frames sit at the utterance's own log-mel floor; faster-whisper's zero-valued mel padding
