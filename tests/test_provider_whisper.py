@@ -94,6 +94,10 @@ async def feed(stream: TranscriptionStream, pcm: bytes, pace: float = 0.0, chunk
             await asyncio.sleep(max(0.0, due - time.monotonic()))
 
 
+def spans(results: list[Result]) -> list[tuple[float, float, str]]:
+    return [(r.start, r.end, r.text) for r in results]
+
+
 async def transcribe(provider: WhisperProvider, pcm: bytes, *, pace: float = 0.0, chunk: int = CHUNK,
                      **params: object) -> Collector:
     stream = provider.open_stream(session(**params), pcm16_mono(RATE))
@@ -146,7 +150,7 @@ async def test_long_stream_cuts_every_repetition_alike(provider: WhisperProvider
     by_chunking = []
     for chunk in (CHUNK, 20 * CHUNK + 2):  # 100 ms frames; ~2 s frames of odd size
         got = await transcribe(provider, pcm, chunk=chunk)
-        by_chunking.append([(r.start, r.end, r.text) for r in got.finals])
+        by_chunking.append(spans(got.finals))
         per_repeat: list[list[tuple[float, float, str]]] = [[] for _ in range(repeats)]
         for r in got.finals:
             k = int(r.start // (period / 2 / RATE))
@@ -169,7 +173,7 @@ async def test_finals_do_not_depend_on_the_sending_pace(provider: WhisperProvide
     pcm = (JFK + silence(1.0)) * 2
     fast = await transcribe(provider, pcm)
     paced = await transcribe(provider, pcm, pace=3.0, interim_results=True)
-    assert [(r.start, r.end, r.text) for r in fast.finals] == [(r.start, r.end, r.text) for r in paced.finals]
+    assert spans(fast.finals) == spans(paced.finals)
     assert len(fast.finals) == 6 and wer(" ".join([JFK_TEXT] * 2), fast.text) <= 0.1, fast.text
 
 

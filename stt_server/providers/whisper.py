@@ -24,6 +24,7 @@ import itertools
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -371,8 +372,10 @@ class StreamingVad:
         self._c = np.zeros((1, 1, 128), dtype=np.float32)
         self._context = np.zeros(VAD_CONTEXT, dtype=np.float32)
         self._pending = np.zeros(0, dtype=np.float32)
-        # The latest call's windows and the VAD_WARM_UP_SECONDS of windows before them.
-        self._history = np.zeros((0, VAD_WINDOW), dtype=np.float32)
+        # The windows of the latest calls: the last one's and at least VAD_WARM_UP_WINDOWS before
+        # them, kept as the calls gave them (joined only by restart(), off the per-chunk path).
+        self._recent: deque[np.ndarray] = deque()
+        self._recent_windows = 0
 
     def process(self, samples: np.ndarray) -> np.ndarray:
         """Blocking: probabilities for each complete window the new samples finish."""
@@ -382,22 +385,26 @@ class StreamingVad:
         if not usable:
             return np.zeros(0, dtype=np.float32)
         windows = audio[:usable].reshape(-1, VAD_WINDOW)
-        self._history = np.concatenate([self._history[-VAD_WARM_UP_WINDOWS:], windows])
+        self._recent.append(windows)
+        self._recent_windows += windows.shape[0]
+        while self._recent_windows - self._recent[0].shape[0] >= VAD_WARM_UP_WINDOWS + windows.shape[0]:
+            self._recent_windows -= self._recent.popleft().shape[0]
         return self._run(windows)
 
     def restart(self, last_windows: int) -> np.ndarray:
         """Blocking: a fresh state, warmed on the audio before the last ``last_windows`` windows
         seen; returns those windows' probabilities again, from the new state."""
-        split = self._history.shape[0] - last_windows
+        history = np.concatenate(self._recent) if self._recent else np.zeros((0, VAD_WINDOW), dtype=np.float32)
+        split = history.shape[0] - last_windows
         self._h = np.zeros_like(self._h)
         self._c = np.zeros_like(self._c)
         self._context = np.zeros(VAD_CONTEXT, dtype=np.float32)
-        warm_up = self._history[max(0, split - VAD_WARM_UP_WINDOWS):split]
+        warm_up = history[max(0, split - VAD_WARM_UP_WINDOWS):split]
         if warm_up.shape[0]:
             self._run(warm_up)
         if not last_windows:
             return np.zeros(0, dtype=np.float32)
-        return self._run(self._history[split:])
+        return self._run(history[split:])
 
     def _run(self, windows: np.ndarray) -> np.ndarray:
         contexts = np.concatenate([self._context[None], windows[:-1, -VAD_CONTEXT:]], axis=0)
@@ -479,12 +486,8 @@ class WhisperStream(TranscriptionStream):
             self._audio.append(data)
             samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
             window_start = first - (first % VAD_WINDOW)  # pending samples belong to that window
-            try:
-                probs = await self._provider.run_vad(self._vad.process, samples)
-            except Exception as exc:  # noqa: BLE001 - any engine failure ends this stream, never the loop
-                self._fail(ProviderError(f"voice activity detection failed: {exc}"))
-                return
-            while True:
+            probs = await self._run_vad(self._vad.process, samples)
+            while probs is not None:
                 for cut in self._segmenter.push(window_start, probs.tolist()):
                     self._commit(cut)
                 restart_at = self._segmenter.restart_at
@@ -494,11 +497,9 @@ class WhisperStream(TranscriptionStream):
                 # it are judged again from the fresh state.
                 rest = len(probs) - (restart_at - window_start) // VAD_WINDOW
                 window_start = restart_at
-                try:
-                    probs = await self._provider.run_vad(self._vad.restart, rest)
-                except Exception as exc:  # noqa: BLE001 - as above
-                    self._fail(ProviderError(f"voice activity detection failed: {exc}"))
-                    return
+                probs = await self._run_vad(self._vad.restart, rest)
+            if probs is None:
+                return
             self._audio.drop_before(self._segmenter.keep_from())
             self._speculate()
             self._maybe_interim()
@@ -565,6 +566,14 @@ class WhisperStream(TranscriptionStream):
         task = asyncio.get_running_loop().create_task(self._final(cut, audio, self._last_final, ahead))
         self._last_final = task
         self._track(task)
+
+    async def _run_vad(self, fn: Callable[..., np.ndarray], *args: Any) -> np.ndarray | None:
+        """Probabilities from the VAD thread; None when the VAD failed (the stream then has)."""
+        try:
+            return await self._provider.run_vad(fn, *args)
+        except Exception as exc:  # noqa: BLE001 - any engine failure ends this stream, never the loop
+            self._fail(ProviderError(f"voice activity detection failed: {exc}"))
+            return None
 
     def _speculate(self) -> None:
         """Decode the final of an utterance ahead, once a pause reaches the pad.
