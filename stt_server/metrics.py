@@ -83,6 +83,11 @@ class Metrics:
                                        "limits.engine_call_timeout_seconds.", ["provider"], registry=r)
         self.queue_wait = Histogram("stt_engine_queue_wait_seconds", "Time a job waited in the engine "
                                     "scheduler's queue.", ["provider"], buckets=LATENCY_BUCKETS, registry=r)
+        # Whisper's loop guard: how often it removes words, so operators see it fire.
+        self.loop_cuts = Counter("stt_loop_cuts", "Results from which the engine's loop guard removed "
+                                 "repeated words the audio does not hold.", ["provider", "kind"], registry=r)
+        self.loop_words_removed = Counter("stt_loop_words_removed", "Words the engine's loop guard "
+                                          "removed.", ["provider", "kind"], registry=r)
         self.batch_size = Histogram("stt_engine_batch_size", "Jobs decoded in one engine call.", ["provider"],
                                     buckets=BATCH_BUCKETS, registry=r)
 
@@ -160,6 +165,11 @@ class SessionMetrics:
 
     def audio_seconds(self, seconds: float) -> None:
         self._audio_seconds.inc(seconds)
+
+    def loop_cut(self, result: Result) -> None:
+        kind = "final" if result.is_final else "interim"
+        self._metrics.loop_cuts.labels(self.provider, kind).inc()
+        self._metrics.loop_words_removed.labels(self.provider, kind).inc(result.loop_words_removed)
 
     def result_sent(self, result: Result, latency: float | None) -> None:
         self._results[result.is_final].inc()

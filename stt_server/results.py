@@ -36,6 +36,9 @@ class Result:
     # The language the engine heard, when it detected it (``language=multi``): a primary
     # subtag such as "de". None when the session named the language or the engine cannot tell.
     language: str | None = None
+    # Words the engine's loop guard removed from this result: repeated copies that the audio
+    # does not hold (a Whisper loop). Counted in the metrics and logged, never sent.
+    loop_words_removed: int = 0
 
     @property
     def duration(self) -> float:

@@ -346,6 +346,10 @@ class SessionRunner:
         interim = self.context.params.interim_results
         try:
             async for result in stream.results():
+                if result.loop_words_removed:
+                    self.metrics.loop_cut(result)
+                    self.log.debug("loop cut", words=result.loop_words_removed, final=result.is_final,
+                                   start=result.start, end=result.end)
                 if self.on_result is not None:
                     await self.on_result(self.context, result)
                 if result.is_final or interim:

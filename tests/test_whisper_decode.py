@@ -191,23 +191,108 @@ def test_multilingual_model_detects_the_language(multilingual_model: object, tmp
     assert wer("Please turn off the kitchen lights.", detected.text) <= 0.2, detected
 
 
-@pytest.mark.parametrize("output, kept", [
-    ("And so my fellow Americans. And so my fellow Americans. And so my", "And so my fellow Americans."),
-    ("I'm going to see you, I'm going to see you, I'm going to see", "I'm going to see you,"),
-    ("Ask not what your country can do for you, ask what you can do for your country.",
-     "Ask not what your country can do for you, ask what you can do for your country."),
-    ("No. No. Yes, that is right.", "No. No. Yes, that is right."),
-])
-def test_loops_are_cut(model: object, output: str, kept: str) -> None:
+def keys_of(text: str) -> list[str]:
+    """Words as the guard sees them: punctuation marks are words of their own, with key ""."""
+    from stt_server.providers.whisper_decode import _word_key
+
+    return [_word_key(word) for word in text.replace(",", " ,").replace(".", " .").split()]
+
+
+def test_repeated_copies_are_runs_of_the_words_before_them() -> None:
+    from stt_server.providers.whisper_decode import repeated_copies
+
+    keys = keys_of("And so my fellow Americans . And so my fellow Americans .")
+    (run,) = repeated_copies(keys)
+    assert run.earlier == (0, 6) and run.copies == ((6, 12),)
+    (run,) = repeated_copies(keys_of("Stop . Stop . Stop ."))
+    assert run.earlier == (0, 2) and run.copies == ((2, 4), (4, 6))
+    # A loop cut off by the token limit: its last, partial copy belongs to the run.
+    (run,) = repeated_copies(keys_of("I am going to see you , I am going to see you , I am going"))
+    assert run.copies == ((7, 14), (14, 17))
+    # Repetition that is not adjacent is not a candidate at all ("it was the" ten times).
+    assert repeated_copies(keys_of("It was the best of times , it was the worst of times .")) == []
+    assert repeated_copies(keys_of("Ask not what your country can do for you .")) == []
+
+
+def spans_for(keys: list[str], seconds: list[float]) -> list[tuple[float, float]]:
+    """Alignment spans: each spoken word lasts its ``seconds`` in turn, punctuation nothing."""
+    spans, clock, durations = [], 0.0, iter(seconds)
+    for key in keys:
+        length = next(durations) if key else 0.0
+        spans.append((clock, clock + length))
+        clock += length
+    return spans
+
+
+def test_a_copy_the_audio_holds_is_kept() -> None:
+    from stt_server.providers.whisper_decode import unspoken_repeats
+
+    keys = keys_of("Yes . Yes . Yes , that is right .")
+    assert unspoken_repeats(keys, spans_for(keys, [0.4] * 6), audio_seconds=3.0) == set()
+    keys = keys_of("Thank you very much . Thank you very much .")
+    assert unspoken_repeats(keys, spans_for(keys, [0.3] * 8), audio_seconds=3.0) == set()
+
+
+def test_a_copy_the_alignment_finds_no_audio_for_is_removed() -> None:
+    from stt_server.providers.whisper_decode import unspoken_repeats
+
+    # jfk's first phrase as tiny.en loops on it: the copy's words pile up at 2.36 s.
+    keys = keys_of("And so my fellow Americans . And so my fellow Americans .")
+    spans = spans_for(keys, [1.02, 0.3, 0.38, 0.36, 0.3, 0, 0, 0, 0, 0.12])
+    assert unspoken_repeats(keys, spans, audio_seconds=3.3) == set(range(6, 12))
+    # A copy aligned in the silence after the audio holds no audio either.
+    keys = keys_of("Stop . Stop .")
+    assert unspoken_repeats(keys, [(0.0, 0.68), (0.68, 2.48), (2.48, 2.48), (2.48, 3.46)],
+                            audio_seconds=1.41) == {2, 3}
+    # Once a run loops, its later copies go with it.
+    keys = keys_of("No . No . No . No .")
+    spans = spans_for(keys, [0.4, 0.4, 0.0, 0.0])
+    assert unspoken_repeats(keys, spans, audio_seconds=1.0) == {4, 5, 6, 7}
+
+
+def test_in_doubt_the_words_stay() -> None:
+    from stt_server.providers.whisper_decode import unspoken_repeats
+
+    # One word that aligned to nothing inside speech ("that that") is not proof of a loop.
+    keys = keys_of("I know that that is true .")
+    spans = spans_for(keys, [0.3, 0.3, 0.2, 0.0, 0.2, 0.4])
+    assert unspoken_repeats(keys, spans, audio_seconds=2.0) == set()
+    # Neither is a copy whose earlier copy found no more audio than it did.
+    keys = keys_of("ha ha ha")
+    assert unspoken_repeats(keys, spans_for(keys, [0.02, 0.02, 0.02]), audio_seconds=1.0) == set()
+
+
+def test_timestamp_segments_past_the_audio_are_dropped(model: object) -> None:
     from stt_server.providers.whisper_decode import _kept_text_tokens, _tokenizer
 
     tokenizer = _tokenizer(model.hf_tokenizer, False, "en")  # type: ignore[attr-defined]
-    tokens = tokenizer.encode(" " + output)
-    assert tokenizer.decode(_kept_text_tokens(tokens, tokenizer, audio_seconds=5.0)).strip() == kept
-    # With timestamp tokens: a segment that starts in the pad after the audio is dropped.
+    tokens = tokenizer.encode(" No. No. Yes, that is right.")
+    assert tokenizer.decode(_kept_text_tokens(tokens, tokenizer, audio_seconds=5.0)).strip() == (
+        "No. No. Yes, that is right.")
     begin = tokenizer.timestamp_begin
     first, second = tokenizer.encode(" Good morning."), tokenizer.encode(" Thank you.")
     timed = [begin, *first, begin + 50, begin + 150, *second, begin + 200]
     assert tokenizer.decode(_kept_text_tokens(timed, tokenizer, audio_seconds=2.5)).strip() == "Good morning."
     kept = _kept_text_tokens(timed, tokenizer, audio_seconds=3.5)
     assert tokenizer.decode(kept).strip() == "Good morning. Thank you."
+
+
+def test_the_loop_guard_removes_only_what_the_audio_does_not_hold(model: object, tmp_path: Path) -> None:
+    """On the real engine: tiny.en loops on jfk's first phrase and on a lone "Stop." in the
+    right-sized window, and those copies go; real repetition stays, every word of it."""
+    said_once = {"jfk-1": regression_set.jfk_clips()[1][2],
+                 "stop": regression_set.synthesise("espeak", "en-us", "Stop.", tmp_path)}
+    for name, audio in said_once.items():
+        decoded = decode_batch(model, [DecodeRequest(regression_set._padded(audio), "en", final=True, words=True)],
+                               SETTINGS)[0]
+        reference = {"jfk-1": "And so my fellow Americans", "stop": "Stop"}[name]
+        assert wer(reference, decoded.text) == 0.0, (name, decoded.text)
+        assert decoded.loop_words_removed == len(reference.split()), (name, decoded)
+    repeated = [("flite", "slt", "It was the best of times, it was the worst of times, it was the age of wisdom, "
+                                 "it was the age of foolishness."),
+                ("flite", "kal16", "Thank you. Thank you. Thank you very much."),
+                ("flite", "rms", "Yes. Yes. Yes, that is right.")]
+    for engine, voice, text in repeated:
+        audio = regression_set._padded(regression_set.synthesise(engine, voice, text, tmp_path))
+        decoded = decode_batch(model, [DecodeRequest(audio, "en", final=True, words=True)], SETTINGS)[0]
+        assert decoded.loop_words_removed == 0 and wer(text, decoded.text) <= 0.1, (text, decoded.text)

@@ -350,7 +350,8 @@ def make_result(decoded: Decoded, *, start: float, end: float, is_final: bool, s
             words.append(Word(token, round(start + word.start, 3), round(start + word.end, 3), word.confidence))
     return Result(text=text, is_final=is_final, start=round(start, 3), end=round(end, 3),
                   confidence=decoded.confidence, words=tuple(words), speech_final=speech_final,
-                  language=decoded.language if detected else None)
+                  language=decoded.language if detected else None,
+                  loop_words_removed=decoded.loop_words_removed)
 
 
 class StreamingVad:

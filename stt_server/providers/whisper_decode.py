@@ -16,10 +16,15 @@ CTranslate2 model (``model.model``) is called directly:
   ``_word_timestamps``): their working memory grows with the batch and batching them saved
   no time.
 * **Guards against invented text**, after faster-whisper's: no text when the no-speech
-  probability is high and the text improbable, when the output is a loop (compression ratio,
-  or more tokens than the audio's length allows), and for digital silence; a sentence that
-  repeats an earlier one word for word, and a phrase found three times, are cut off (the short
-  window's typical loops). A temperature fallback is available but off by default.
+  probability is high and the text improbable, and for digital silence. Loops (the short
+  window's typical failure: "And so my fellow Americans. And so my fellow Americans." for one
+  phrase) are judged by the model and the audio, never by what the words look like: speech
+  repeats itself ("it was the best of times, it was the worst of times"; "yes. yes."). A copy
+  that repeats the words right before it is removed only when the cross-attention alignment
+  finds no audio for it (see :func:`unspoken_repeats`); in doubt the words stay, since a kept
+  repeat is visible and a cut is silent loss. A compression ratio over the threshold or an
+  output that ran out of tokens triggers the temperature fallback when one is configured (off
+  by default), never the loss of the text.
 * **Language identification** (multilingual models, no language given) runs on a full 30 s
   window: on short windows Whisper misidentified languages that the full window got right.
 
@@ -33,7 +38,7 @@ import functools
 import math
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,9 +78,13 @@ WHISPER_MAX_LENGTH = 448
 # Audio quieter than this (RMS, -60 dBFS) is silence: not decoded at all. Whisper answers
 # digital silence with a confident "you" that the no-speech check lets through.
 SILENCE_RMS = 0.001
-# A run of this many words found this many times in one output is a loop (see _cut_loop).
-LOOP_NGRAM = 3
-LOOP_COUNT = 3
+# A repeated copy (see unspoken_repeats) is a loop when the alignment finds less audio for it than
+# this per word: a spoken word lasts 0.1 s or more, while a looped copy's words pile up at one
+# point (0-25 ms each on jfk's "And so my fellow Americans. And so my fellow Americans.") or
+# past the audio's end. And only when its earlier copy found at least LOOP_EARLIER_FACTOR times
+# more audio: the model heard the phrase once, there.
+LOOP_SECONDS_PER_WORD = 0.05
+LOOP_EARLIER_FACTOR = 3.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,8 @@ class Decoded:
     seconds: float             # wall time of the call (for a batch: the batch's time)
     language: str | None = None
     language_probability: float = 0.0
+    # Words of repeated copies removed because the audio does not hold them (a model loop).
+    loop_words_removed: int = 0
 
 
 @dataclass(frozen=True)
@@ -126,8 +137,8 @@ class DecodeSettings:
     min_window_seconds: float = MIN_WINDOW_SECONDS
     # Most padded window (s) one beam search decodes together (see MAX_BATCH_WINDOW_SECONDS).
     max_batch_window_seconds: float = MAX_BATCH_WINDOW_SECONDS
-    # Decode with Whisper's timestamp tokens: segments that start in the pad after the audio,
-    # or repeat an earlier segment, are the loops a short window invites, and are dropped.
+    # Decode with Whisper's timestamp tokens: segments that start in the pad after the audio
+    # are the model running past it, and are dropped.
     # Off: without them the noisy half of the regression set did better (bench/RESULTS.md).
     timestamp_tokens: bool = False
     # Silero VAD threshold of the full-window path's own vad_filter.
@@ -153,6 +164,8 @@ class _Item:
     no_speech_prob: float = 0.0
     # Too repetitive (compression ratio) or ran out of tokens for the audio's length.
     looped: bool = False
+    # Words removed by unspoken_repeats.
+    loop_words_removed: int = 0
 
     @property
     def max_new_tokens(self) -> int:
@@ -199,7 +212,8 @@ def decode_batch(model: Any, requests: Sequence[DecodeRequest], settings: Decode
             for item, outcome in zip(part, _decode_group(model, part, settings, final=final)):
                 outcomes[item.index] = outcome
     seconds = time.perf_counter() - began
-    return [Decoded(*outcomes[item.index], seconds, item.language, item.language_probability)
+    return [Decoded(*outcomes[item.index], seconds, item.language, item.language_probability,
+                    item.loop_words_removed)
             for item in items]
 
 
@@ -307,13 +321,22 @@ def _decode_group(model: Any, items: list[_Item], settings: DecodeSettings,
                 retry.append(i)
         pending = retry
 
+    for row, item in enumerate(items):
+        if item.tokens:
+            def encoder_output(row: int = row) -> Any:
+                return encoded if len(items) == 1 else _rows(model, encoded, features, [row])
+
+            item.tokens, item.loop_words_removed = _without_unspoken_repeats(
+                model, item, tokenizers[item.language or "en"], encoder_output, features.shape[-1])
+
     outcomes: list[tuple[str, float, tuple[Word, ...]]] = []
     wants_words: list[_Item] = []
     for item in items:
         text = tokenizers[item.language or "en"].decode(item.tokens).strip()
         silence = (item.no_speech_prob > settings.no_speech_threshold
                    and item.avg_logprob < settings.log_prob_threshold)
-        if silence or item.looped or not text:
+        # A loop flag alone drops nothing: what the alignment placed in the audio was said.
+        if silence or not text:
             item.tokens = []
             outcomes.append(("", 0.0, ()))
             continue
@@ -329,68 +352,140 @@ def _decode_group(model: Any, items: list[_Item], settings: DecodeSettings,
 
 
 def _kept_text_tokens(tokens: Sequence[int], tokenizer: Any, audio_seconds: float) -> list[int]:
-    """The text tokens of the segments that are not loops.
+    """The text tokens, without the segments that start after the audio ended.
 
-    With timestamp tokens (``<|t|> text <|t'|>``) a segment that starts after the audio ended
-    (in the pad) or repeats an earlier segment's text word for word is the short window's
-    typical loop ("And so my fellow Americans." again from 2.0 s, and again from 4.0 s).
-    Without timestamps the whole output is one segment.
+    With timestamp tokens (``<|t|> text <|t'|>``) the model says where each segment begins; one
+    that begins in the pad after the audio ("And so my fellow Americans." again from 4.0 s, in
+    a 3.3 s utterance) is the model running past the audio, the short window's typical loop.
+    Without timestamps the whole output is one segment and this keeps every text token.
     """
     begin = tokenizer.timestamp_begin
-    segments: list[tuple[float, list[int]]] = []
-    last_time = 0.0
-    current: list[int] | None = None
+    kept: list[int] = []
+    segment_start = 0.0
     for token in tokens:
         if token >= begin:
-            last_time = (token - begin) * 0.02
-            current = None
-        elif token < tokenizer.eot:
-            if current is None:
-                current = []
-                segments.append((last_time, current))
-            current.append(token)
-    kept: list[int] = []
-    seen: set[str] = set()
-    for start, text_tokens in segments:
-        text = " ".join(tokenizer.decode(text_tokens).lower().split())
-        if (start >= audio_seconds and kept) or text in seen:
-            continue
-        seen.add(text)
-        kept.extend(text_tokens)
-    return _cut_loop(kept, tokenizer)
+            segment_start = (token - begin) * 0.02
+        elif token < tokenizer.eot and (segment_start < audio_seconds or not kept):
+            kept.append(token)
+    return kept
 
 
-def _cut_loop(tokens: list[int], tokenizer: Any) -> list[int]:
-    """Cut a loop inside one segment: the text ends where a sentence repeats an earlier one
-    word for word ("And so my fellow Americans. And so my fellow Americans."), or before the
-    second occurrence of the first LOOP_NGRAM words found LOOP_COUNT times ("I'm going to be
-    in the life I'm going to be in the life ...")."""
-    if not tokens:
-        return tokens
-    words, word_tokens = tokenizer.split_to_word_tokens(tokens)
-    keys = [word.strip().lower().strip(".,!?;:\"'") for word in words]
-    cut = len(words)
-    sentences: set[tuple[str, ...]] = set()
-    sentence_start = 0
-    for i, word in enumerate(words):
-        if word.strip().endswith((".", "?", "!")) or i == len(words) - 1:
-            sentence = tuple(key for key in keys[sentence_start:i + 1] if key)
-            if len(sentence) >= 2 and sentence in sentences:
-                cut = sentence_start
-                break
-            sentences.add(sentence)
-            sentence_start = i + 1
-    occurrences: dict[tuple[str, ...], list[int]] = {}
-    for i in range(cut - LOOP_NGRAM + 1):
-        gram = tuple(keys[i:i + LOOP_NGRAM])
-        if not all(gram):
+@dataclass(frozen=True)
+class RepeatRun:
+    """Consecutive copies of the words right before them ("X X X": two copies of the first X).
+
+    Spans are word indexes [start, end) into the output, each copy with the punctuation that
+    follows it; the last copy may be partial (a loop cut off by the token limit)."""
+
+    earlier: tuple[int, int]
+    copies: tuple[tuple[int, int], ...]
+
+
+def repeated_copies(keys: Sequence[str]) -> list[RepeatRun]:
+    """The runs of words that repeat the words right before them, leftmost and shortest first.
+
+    ``keys`` are normalised words, "" for punctuation, which is skipped when comparing. "yes.
+    yes. yes" is one run of two one-word copies; "X Y X Y" one run of the two-word "X Y". These
+    are only *candidates*: repeated speech looks the same, and only the audio tells (see
+    :func:`unspoken_repeats`).
+    """
+    spoken = [index for index, key in enumerate(keys) if key]
+    words = [keys[index] for index in spoken]
+    n = len(words)
+
+    def span(first: int, stop: int) -> tuple[int, int]:
+        """Spoken words [first, stop) as output indexes, with the punctuation after them."""
+        index = spoken[stop - 1] + 1
+        while index < len(keys) and not keys[index]:
+            index += 1
+        return spoken[first], index
+
+    def copy_length(start: int, length: int, *, continuing: bool = False) -> int:
+        """Words of a copy of words[start - length:start] at ``start`` (0: none). A partial
+        copy counts only as the cut-off tail of a run ("X X X-prefix"), of two words or more."""
+        stop = min(start + length, n)
+        if stop - start < length and (not continuing or length < 2 or stop < n):
+            return 0
+        return stop - start if words[start - length:start - length + stop - start] == words[start:stop] else 0
+
+    runs: list[RepeatRun] = []
+    start = 1
+    while start < n:
+        length = next((length for length in range(1, start + 1) if copy_length(start, length)), 0)
+        if not length:
+            start += 1
             continue
-        seen = occurrences.setdefault(gram, [])
-        seen.append(i)
-        if len(seen) == LOOP_COUNT:
-            cut = seen[1]
+        first, copies = start, list[tuple[int, int]]()
+        while start < n and (found := copy_length(start, length, continuing=bool(copies))):
+            copies.append(span(start, start + found))
+            start += found
+        runs.append(RepeatRun(span(first - length, first), tuple(copies)))
+    return runs
+
+
+def unspoken_repeats(keys: Sequence[str], spans: Sequence[tuple[float, float]],
+                     audio_seconds: float) -> set[int]:
+    """Indexes of the words that a model loop added: repeated copies the audio does not hold.
+
+    ``spans`` are the words' (start, end) from a cross-attention alignment over the whole
+    window (audio, then the silence pad). Repeated speech has each copy aligned to its own
+    stretch of audio; a loop's copy finds almost none: its words pile up at one instant or fall
+    in the pad after the audio. A copy is a loop when its words hold less than
+    LOOP_SECONDS_PER_WORD of audio each while the words it repeats hold LOOP_EARLIER_FACTOR
+    times more; that copy and the rest of its run go (a model that loops goes on looping). A
+    one-word copy qualifies only past the audio, or with the rest of its run unheard at the
+    end of the output ("Stop. Stop."): inside speech a short word can align to nothing
+    ("that that").
+    """
+    def heard(first: int, stop: int) -> float:
+        return sum(max(0.0, min(spans[i][1], audio_seconds) - max(spans[i][0], 0.0))
+                   for i in range(first, stop) if keys[i])
+
+    def unheard(start: int, stop: int, earlier: float) -> bool:
+        copy = heard(start, stop)
+        words = sum(1 for key in keys[start:stop] if key)
+        return copy < LOOP_SECONDS_PER_WORD * words and earlier >= LOOP_EARLIER_FACTOR * max(copy, 0.01)
+
+    removed: set[int] = set()
+    for run in repeated_copies(keys):
+        earlier = heard(*run.earlier)
+        for number, (start, stop) in enumerate(run.copies):
+            if not unheard(start, stop, earlier):
+                continue
+            one_word = sum(1 for key in keys[start:stop] if key) == 1
+            # A lone word inside speech: a loop only if it and the rest of its run end the
+            # output unheard ("No. No. No. No." said twice).
+            if one_word and spans[start][0] < audio_seconds and (
+                    any(keys[run.copies[-1][1]:])
+                    or not all(unheard(*copy, earlier) for copy in run.copies[number:])):
+                continue
+            for loop_start, loop_stop in run.copies[number:]:
+                removed.update(range(loop_start, loop_stop))
             break
-    return [token for group in word_tokens[:cut] for token in group]
+    return removed
+
+
+def _without_unspoken_repeats(model: Any, item: _Item, tokenizer: Any, encoder_output: Callable[[], Any],
+                              window: int) -> tuple[list[int], int]:
+    """``item.tokens`` less the repeated copies the audio does not hold, and how many words
+    went. The alignment (~10 ms) runs only when some words repeat the words before them."""
+    words, word_tokens = tokenizer.split_to_word_tokens(item.tokens)
+    keys = [_word_key(word) for word in words]
+    if not repeated_copies(keys):
+        return item.tokens, 0
+    alignment = model.find_alignment(tokenizer, [item.tokens], encoder_output(), window)[0]
+    if len(alignment) != len(words):  # never seen; keep the words rather than guess
+        return item.tokens, 0
+    spans = [(float(word["start"]), float(word["end"])) for word in alignment]
+    removed = unspoken_repeats(keys, spans, item.frames / FRAMES_PER_SECOND)
+    if not removed:
+        return item.tokens, 0
+    kept = [token for index, group in enumerate(word_tokens) if index not in removed for token in group]
+    return kept, sum(1 for index in removed if keys[index])
+
+
+def _word_key(word: str) -> str:
+    return word.strip().lower().strip(".,!?;:\"'()[]{}¿¡…-")
 
 
 def _detect_languages(model: Any, items: list[_Item]) -> None:
