@@ -371,97 +371,108 @@ def _kept_text_tokens(tokens: Sequence[int], tokenizer: Any, audio_seconds: floa
 
 
 @dataclass(frozen=True)
-class RepeatRun:
-    """Consecutive copies of the words right before them ("X X X": two copies of the first X).
+class Repetition:
+    """Spoken words [first, stop) of an output, each the same as the word ``period`` before it
+    ("X X X": the second and third X; "A B C A B C A": the second "A B C" and the last "A").
 
-    Spans are word indexes [start, end) into the output, each copy with the punctuation that
-    follows it; the last copy may be partial (a loop cut off by the token limit)."""
+    Indexes count spoken words only: punctuation is skipped when comparing."""
 
-    earlier: tuple[int, int]
-    copies: tuple[tuple[int, int], ...]
+    period: int
+    first: int
+    stop: int
 
 
-def repeated_copies(keys: Sequence[str]) -> list[RepeatRun]:
-    """The runs of words that repeat the words right before them, leftmost and shortest first.
+def repetitions(keys: Sequence[str]) -> list[Repetition]:
+    """Where the output repeats the words right before it, leftmost first, at the shortest
+    period that makes a whole copy.
 
-    ``keys`` are normalised words, "" for punctuation, which is skipped when comparing. "yes.
-    yes. yes" is one run of two one-word copies; "X Y X Y" one run of the two-word "X Y". These
-    are only *candidates*: repeated speech looks the same, and only the audio tells (see
+    ``keys`` are normalised words, "" for punctuation. These are only *candidates*: repeated
+    speech looks the same ("yes. yes."; "x, y, z, x, y, z"), and only the audio tells (see
     :func:`unspoken_repeats`).
     """
-    spoken = [index for index, key in enumerate(keys) if key]
-    words = [keys[index] for index in spoken]
+    words = [key for key in keys if key]
     n = len(words)
-
-    def span(first: int, stop: int) -> tuple[int, int]:
-        """Spoken words [first, stop) as output indexes, with the punctuation after them."""
-        index = spoken[stop - 1] + 1
-        while index < len(keys) and not keys[index]:
-            index += 1
-        return spoken[first], index
-
-    def copy_length(start: int, length: int, *, continuing: bool = False) -> int:
-        """Words of a copy of words[start - length:start] at ``start`` (0: none). A partial
-        copy counts only as the cut-off tail of a run ("X X X-prefix"), of two words or more."""
-        stop = min(start + length, n)
-        if stop - start < length and (not continuing or length < 2 or stop < n):
-            return 0
-        return stop - start if words[start - length:start - length + stop - start] == words[start:stop] else 0
-
-    runs: list[RepeatRun] = []
-    start = 1
-    while start < n:
-        length = next((length for length in range(1, start + 1) if copy_length(start, length)), 0)
-        if not length:
-            start += 1
+    found: list[Repetition] = []
+    first = 1
+    while first < n:
+        period = next((length for length in range(1, first + 1)
+                       if first + length <= n and words[first:first + length] == words[first - length:first]), 0)
+        if not period:
+            first += 1
             continue
-        first, copies = start, list[tuple[int, int]]()
-        while start < n and (found := copy_length(start, length, continuing=bool(copies))):
-            copies.append(span(start, start + found))
-            start += found
-        runs.append(RepeatRun(span(first - length, first), tuple(copies)))
-    return runs
+        stop = first
+        while stop < n and words[stop] == words[stop - period]:
+            stop += 1
+        found.append(Repetition(period, first, stop))
+        first = stop
+    return found
 
 
 def unspoken_repeats(keys: Sequence[str], spans: Sequence[tuple[float, float]],
                      audio_seconds: float) -> set[int]:
-    """Indexes of the words that a model loop added: repeated copies the audio does not hold.
+    """Indexes (into ``keys``) of the words that a model loop added: repeated copies the audio
+    does not hold.
 
     ``spans`` are the words' (start, end) from a cross-attention alignment over the whole
     window (audio, then the silence pad). Repeated speech has each copy aligned to its own
     stretch of audio; a loop's copy finds almost none: its words pile up at one instant or fall
-    in the pad after the audio. A copy is a loop when its words hold less than
-    LOOP_SECONDS_PER_WORD of audio each while the words it repeats hold LOOP_EARLIER_FACTOR
-    times more; that copy and the rest of its run go (a model that loops goes on looping). A
-    one-word copy qualifies only past the audio, or with the rest of its run unheard at the
-    end of the output ("Stop. Stop."): inside speech a short word can align to nothing
-    ("that that").
+    in the pad after the audio. A copy of a repetition is a loop when its words span less than
+    LOOP_SECONDS_PER_WORD of audio each while the words it repeats span LOOP_EARLIER_FACTOR
+    times more, and so do all the copies after it (a model that loops goes on looping). A loop
+    need not start where the first copy does ("no, no, no, I said no. No, no, I said no." loops
+    from the second "No"), so every phase of the repetition is tried, and the copies go from
+    the earliest start that some phase proves. One-word copies
+    qualify only at the end of the output ("Stop. Stop.") or past the audio: inside speech a
+    short word can align to nothing ("that that"). And the output's tail goes when every word
+    of it starts after the audio ended and repeats a word said before it.
     """
-    def heard(first: int, stop: int) -> float:
-        return sum(max(0.0, min(spans[i][1], audio_seconds) - max(spans[i][0], 0.0))
-                   for i in range(first, stop) if keys[i])
+    spoken = [index for index, key in enumerate(keys) if key]
+    n = len(spoken)
 
-    def unheard(start: int, stop: int, earlier: float) -> bool:
-        copy = heard(start, stop)
-        words = sum(1 for key in keys[start:stop] if key)
-        return copy < LOOP_SECONDS_PER_WORD * words and earlier >= LOOP_EARLIER_FACTOR * max(copy, 0.01)
+    def heard(first: int, stop: int) -> float:
+        """Audio from spoken word ``first``'s start to word ``stop - 1``'s end, within the
+        audio: punctuation inside counts (the alignment gives pauses to commas), the
+        punctuation after the last word does not (a final full stop takes the rest of the
+        window)."""
+        return max(0.0, min(spans[spoken[stop - 1]][1], audio_seconds) - max(spans[spoken[first]][0], 0.0))
+
+    def unheard(first: int, stop: int, earlier: float) -> bool:
+        """Copy [first, stop) finds almost no audio, and the words it repeats did."""
+        copy = heard(first, stop)
+        return copy < LOOP_SECONDS_PER_WORD * (stop - first) and earlier >= LOOP_EARLIER_FACTOR * max(copy, 0.01)
 
     removed: set[int] = set()
-    for run in repeated_copies(keys):
-        earlier = heard(*run.earlier)
-        for number, (start, stop) in enumerate(run.copies):
-            if not unheard(start, stop, earlier):
-                continue
-            one_word = sum(1 for key in keys[start:stop] if key) == 1
-            # A lone word inside speech: a loop only if it and the rest of its run end the
-            # output unheard ("No. No. No. No." said twice).
-            if one_word and spans[start][0] < audio_seconds and (
-                    any(keys[run.copies[-1][1]:])
-                    or not all(unheard(*copy, earlier) for copy in run.copies[number:])):
-                continue
-            for loop_start, loop_stop in run.copies[number:]:
-                removed.update(range(loop_start, loop_stop))
-            break
+    for repetition in repetitions(keys):
+        period, loop_start = repetition.period, None
+        for phase in range(period):
+            copies = [(first, min(first + period, repetition.stop))
+                      for first in range(repetition.first + phase, repetition.stop, period)]
+            # A partial copy counts only as the output's cut-off tail, of two words or more.
+            if copies and copies[-1][1] - copies[-1][0] < period and (
+                    copies[-1][1] < n or copies[-1][1] - copies[-1][0] < 2):
+                copies.pop()
+            for number, (first, _) in enumerate(copies):
+                # Every copy from here on against the words before the first: a loop's copies
+                # repeat each other, all unheard.
+                earlier = heard(first - period, first)
+                if all(unheard(*copy, earlier) for copy in copies[number:]):
+                    if period > 1 or repetition.stop == n or spans[spoken[first]][0] >= audio_seconds:
+                        loop_start = first if loop_start is None else min(loop_start, first)
+                    break
+        if loop_start is not None:
+            end = spoken[repetition.stop - 1] + 1
+            while end < len(keys) and not keys[end]:  # and the punctuation after it
+                end += 1
+            removed.update(range(spoken[loop_start], end))
+    # The output's tail aligned wholly after the audio, in the silence pad, repeating words said
+    # before it: a loop that varies as it goes ("No... I said no... No... No..."), so that its
+    # copies are not exact, and that no audio can hold.
+    tail = n
+    while tail > 0 and spans[spoken[tail - 1]][0] >= audio_seconds:
+        tail -= 1
+    said = {keys[index] for index in spoken[:tail]}
+    if 0 < tail < n and all(keys[index] in said for index in spoken[tail:]):
+        removed.update(range(spoken[tail], len(keys)))
     return removed
 
 
@@ -471,7 +482,7 @@ def _without_unspoken_repeats(model: Any, item: _Item, tokenizer: Any, encoder_o
     went. The alignment (~10 ms) runs only when some words repeat the words before them."""
     words, word_tokens = tokenizer.split_to_word_tokens(item.tokens)
     keys = [_word_key(word) for word in words]
-    if not repeated_copies(keys):
+    if not repetitions(keys):
         return item.tokens, 0
     alignment = model.find_alignment(tokenizer, [item.tokens], encoder_output(), window)[0]
     if len(alignment) != len(words):  # never seen; keep the words rather than guess
