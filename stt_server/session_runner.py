@@ -90,6 +90,8 @@ class SessionRunner:
         self.state = SessionState(limits, self.stats.started)
         self._decoder: AudioDecoder = PassthroughDecoder()  # replaced in _run()
         self._draining = asyncio.Event()  # wakes a reader blocked in recv()
+        # The pong to the ping sent after the Draining notice (see session_state).
+        self._drain_pong: asyncio.Future[Any] | None = None
         self._clock = AudioClock()
         # Results the sender has handled (sent or skipped), so a Finalize is answered after them.
         self._handled = 0
@@ -157,7 +159,7 @@ class SessionRunner:
             else:
                 await self._finish_stream(stream, sender)
         if not client_gone:
-            await self._send(self.protocol.closing())
+            await self._send(self.protocol.closing(self.state.untranscribed_seconds))
         if audio_error is not None:  # last: the reason for the close
             await self._report(audio_error)
         close = self.state.final_close()
@@ -260,7 +262,7 @@ class SessionRunner:
     async def _hold_while_engine_behind(self, stream: TranscriptionStream) -> None:
         """Backpressure: stop reading while the engine is too far behind on this session."""
         limit = self.limits.max_backlog_seconds
-        if not limit or stream.backlog_seconds() <= limit:
+        if not limit or stream.backlog_seconds() <= limit or self.state.drain_answered_at is not None:
             return
         waited = await stream.wait_for_room(limit)
         self.stats.held_seconds += waited
@@ -273,26 +275,46 @@ class SessionRunner:
         if why is Stop.DRAIN and self.state.tell_draining():
             self.log.info("draining: transcribing the audio received")
             await self._send(self.protocol.draining(
-                "server shutting down: transcribing the audio received, then closing with 1001"))
+                "server shutting down: transcribing the audio sent before this message, then closing with 1001"))
+            self._drain_pong = await self._ping()
         if timeout is not None and timeout <= 0:
             return why
-        if why is Stop.DRAIN:  # only frames already on their way, briefly
-            try:
+        if why is Stop.DRAIN:
+            if self.state.drain_answered_at is None and self._drain_pong is not None:
+                # Until the pong: every frame the client sent before it saw the notice.
+                frame = await self._receive_or(self._drain_pong, timeout)
+                if self._drain_pong.done():
+                    self.state.drain_answered(time.monotonic())
+                return frame if frame is not None else await self._next_frame()
+            try:  # then only frames already on their way, briefly
                 return await asyncio.wait_for(self.connection.recv(), timeout)
             except TimeoutError:
                 return why
-        receive = asyncio.ensure_future(self.connection.recv())
         drain = asyncio.ensure_future(self._draining.wait())
         try:
-            await asyncio.wait({receive, drain}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            frame = await self._receive_or(drain, timeout)
         finally:
             drain.cancel()
+        return frame if frame is not None else await self._next_frame()  # drained, or a deadline passed
+
+    async def _receive_or(self, other: asyncio.Future[Any], timeout: float | None) -> str | bytes | None:
+        """The next client frame, or None when ``other`` completes or ``timeout`` passes first.
+        Raises ConnectionClosed when the client is gone."""
+        receive = asyncio.ensure_future(self.connection.recv())
+        try:
+            await asyncio.wait({receive, other}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
             if not receive.done():
                 receive.cancel()  # safe: websockets keeps the message for the next recv()
                 await asyncio.wait({receive})  # no second recv() while this one unwinds
-        if not receive.cancelled():
-            return receive.result()  # a frame, or ConnectionClosed
-        return await self._next_frame()  # drained, or a deadline passed: ask the state again
+        return None if receive.cancelled() else receive.result()
+
+    async def _ping(self) -> asyncio.Future[Any] | None:
+        """Ping the client; the future completes with its pong (None: the connection is closed)."""
+        try:
+            return asyncio.ensure_future(await self.connection.ping())
+        except ConnectionClosed:
+            return None
 
     async def _feed(self, stream: TranscriptionStream, audio: bytes, arrived: float) -> None:
         if not audio:
@@ -324,13 +346,18 @@ class SessionRunner:
             sender.cancel()
 
     async def _cut(self, stream: TranscriptionStream) -> None:
-        """Cut at the drain deadline: tell the client what was not transcribed, then abort."""
+        """Cut at the drain deadline: tell the client what was not transcribed (an Error, the
+        closing Metadata's seconds, the close's reason), then abort."""
         lost = self._lose(stream, "the server's drain deadline passed")
         await stream.abort()
-        if lost > 0:
-            await self._report(ProviderError(
-                f"server shutting down: {lost:.1f} s of the audio received were not transcribed "
-                "before the drain deadline", code="untranscribed_audio"))
+        if lost <= 0:
+            return  # everything was transcribed: the server closes it 1001 as drained
+        await self._report(ProviderError(
+            f"server shutting down: {lost:.1f} s of the audio received were not transcribed "
+            "before the drain deadline", code="untranscribed_audio"))
+        await self._send(self.protocol.closing(self.state.untranscribed_seconds))
+        close = self.state.cut()
+        await self._close_connection(close.code, close.reason)
 
     def _lose(self, stream: TranscriptionStream, why: str) -> float:
         """Account for audio that will not be transcribed: the log, the metrics, the summary."""

@@ -21,11 +21,19 @@ CLOSE_TOO_BIG = 1009  # a text frame over limits.max_base64_message_bytes
 CLOSE_INTERNAL = 1011  # engine failure; idle timeout, as Deepgram does
 
 DRAIN_REASON = "server shutting down"
-# Once draining, frames already on their way are still read while they keep coming less than
-# DRAIN_READ_GRACE apart, but for DRAIN_READ_SECONDS at most: what a client sent just before
-# the drain is transcribed, and one that keeps sending cannot stretch the drain.
+# Once draining, the client is sent a ping right after the Draining notice, and the reader goes
+# on reading until the pong comes back: a websocket peer answers pings in order with the frames
+# it sends, so every frame sent before the client could see the notice is read and transcribed.
+# Frames already buffered at the pong are read too (while they come less than DRAIN_READ_GRACE
+# apart, for DRAIN_READ_SECONDS at most), and then reading stops, so a client that keeps
+# sending cannot stretch the drain. A client that does not answer within DRAIN_PING_SECONDS
+# of reading (time held back by the engine does not count) is read no longer, and the close
+# says so.
 DRAIN_READ_GRACE = 0.1
 DRAIN_READ_SECONDS = 1.0
+DRAIN_PING_SECONDS = 5.0
+DRAIN_UNANSWERED_REASON = ("server shutting down; the client did not answer the drain's ping within "
+                           f"{DRAIN_PING_SECONDS:g} s: what it sent later was not read")
 
 
 class Stop(enum.Enum):
@@ -51,7 +59,10 @@ class SessionState:
         self.last_activity = started  # last audio or KeepAlive, for the idle timeout
         self.close: Close | None = None  # the first reason to close wins
         self.draining = False
-        self._drain_began = 0.0
+        # Reading stops at this time unless the client answers the drain's ping first.
+        self._ping_deadline = 0.0
+        # When the client answered the drain's ping (None: not yet).
+        self._drain_answered: float | None = None
         self._told_draining = False
         self.untranscribed_seconds = 0.0
 
@@ -66,12 +77,28 @@ class SessionState:
         self.last_activity = now
 
     def held(self, now: float) -> None:
-        """The reader waited for the engine (backpressure): that was not the client's idleness."""
+        """The reader waited for the engine (backpressure): that was not the client's idleness,
+        nor its slowness to answer the drain's ping (its pong waits behind the unread frames)."""
         self.last_activity = now
+        if self.draining and self._drain_answered is None:
+            self._ping_deadline = max(self._ping_deadline, now + DRAIN_PING_SECONDS)
 
     def drain(self, now: float) -> None:
         if not self.draining:
-            self.draining, self._drain_began = True, now
+            self.draining, self._ping_deadline = True, now + DRAIN_PING_SECONDS
+
+    def drain_answered(self, now: float) -> None:
+        """The client answered the ping sent after the Draining notice: every frame it sent
+        before it could see the notice has arrived."""
+        if self.draining and self._drain_answered is None:
+            self._drain_answered = now
+
+    @property
+    def drain_answered_at(self) -> float | None:
+        """When the client answered the drain's ping. From then on the reader only takes the
+        frames already buffered, for a second at most, and backpressure does not hold it: those
+        few frames are bounded by the connection's queue, and a hold would outlast the second."""
+        return self._drain_answered
 
     def tell_draining(self) -> bool:
         """True once, when the client should be told that the server is draining."""
@@ -103,12 +130,20 @@ class SessionState:
         """Audio received that will never be transcribed."""
         self.untranscribed_seconds += max(0.0, seconds)
 
+    def cut(self) -> Close:
+        """The drain deadline passed with audio left: the close says how much went untranscribed."""
+        self.close = Close(CLOSE_GOING_AWAY, f"untranscribed_audio: server shutting down, "
+                                             f"{self.untranscribed_seconds:.1f} s not transcribed")
+        return self.close
+
     # --- decisions -------------------------------------------------------------------------
 
     def next_stop(self, now: float) -> tuple[float | None, Stop]:
         """Seconds until reading must stop, and why (None: no deadline; <= 0: stop now)."""
         if self.draining:
-            left = self._drain_began + DRAIN_READ_SECONDS - now
+            if self._drain_answered is None:  # until the pong: every frame before it
+                return max(0.0, self._ping_deadline - now), Stop.DRAIN
+            left = self._drain_answered + DRAIN_READ_SECONDS - now
             return max(0.0, min(DRAIN_READ_GRACE, left)), Stop.DRAIN
         deadlines = []
         if self.limits.idle_timeout_seconds:
@@ -122,7 +157,8 @@ class SessionState:
     def stop(self, why: Stop) -> Close:
         """Reading stopped for ``why``: the close that goes with it (unless one came first)."""
         if why is Stop.DRAIN:
-            self.request_close(CLOSE_GOING_AWAY, DRAIN_REASON)
+            self.request_close(CLOSE_GOING_AWAY,
+                               DRAIN_REASON if self._drain_answered is not None else DRAIN_UNANSWERED_REASON)
         elif why is Stop.IDLE:
             self.request_close(CLOSE_INTERNAL, f"idle_timeout: no audio or KeepAlive for "
                                                f"{self.limits.idle_timeout_seconds:g} s")

@@ -176,7 +176,9 @@ def test_metadata_at_open_and_at_the_end_of_the_stream() -> None:
     assert closing == {"type": "Metadata", "transaction_key": "deprecated", "request_id": "abc123",
                        "sha256": hashlib.sha256(audio * 2).hexdigest(), "created": OPENING["created"],
                        "duration": round(len(audio) * 2 / PCM_RATE, 3), "channels": 1,
-                       "models": [native.model.uuid], "model_info": {native.model.uuid: native.model.to_json()}}
+                       "models": [native.model.uuid], "model_info": {native.model.uuid: native.model.to_json()},
+                       "untranscribed_seconds": 0.0}
+    assert messages(native.closing(2.5))[0]["untranscribed_seconds"] == 2.5
 
 
 def test_drain_sends_nothing_new() -> None:

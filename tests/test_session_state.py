@@ -39,17 +39,42 @@ def test_no_deadlines_when_limits_are_off() -> None:
     assert state.next_stop(1e6) == (None, Stop.IDLE)
 
 
-def test_drain_reads_frames_on_their_way_for_a_second_at_most_and_is_told_once() -> None:
+def test_drain_reads_until_the_client_answers_its_ping_then_a_second_at_most() -> None:
     state = SessionState(LIMITS, started=0.0)
     assert not state.tell_draining()
     state.drain(10.0)
-    assert state.next_stop(10.0) == (0.1, Stop.DRAIN)  # a frame may still be on its way
-    assert state.next_stop(10.95) == (pytest.approx(0.05), Stop.DRAIN)
-    assert state.next_stop(11.0) == (0.0, Stop.DRAIN)  # however much the client keeps sending
+    # Until the pong: every frame sent before the client could see the Draining notice.
+    assert state.next_stop(10.0) == (5.0, Stop.DRAIN)
+    assert state.next_stop(12.0) == (3.0, Stop.DRAIN)
+    state.drain_answered(12.0)
+    assert state.drain_answered_at == 12.0
+    # Then frames already buffered, a tenth of a second apart, for a second at most.
+    assert state.next_stop(12.0) == (0.1, Stop.DRAIN)
+    assert state.next_stop(12.95) == (pytest.approx(0.05), Stop.DRAIN)
+    assert state.next_stop(13.0) == (0.0, Stop.DRAIN)  # however much the client keeps sending
     state.drain(20.0)  # a second drain() does not restart the clock
-    assert state.next_stop(11.5) == (0.0, Stop.DRAIN)
+    state.drain_answered(20.0)
+    assert state.next_stop(13.5) == (0.0, Stop.DRAIN)
     assert state.tell_draining() and not state.tell_draining()
     assert state.stop(Stop.DRAIN) == Close(1001, "server shutting down")
+
+
+def test_a_client_that_does_not_answer_the_drain_ping_is_read_no_longer_and_told() -> None:
+    state = SessionState(LIMITS, started=0.0)
+    state.drain(10.0)
+    state.held(14.0)  # the engine held the reader back: the pong may wait behind unread frames
+    assert state.next_stop(15.0) == (4.0, Stop.DRAIN)
+    assert state.next_stop(19.0) == (0.0, Stop.DRAIN)
+    close = state.stop(Stop.DRAIN)
+    assert close.code == 1001 and "did not answer the drain's ping" in close.reason
+
+
+def test_a_drain_cut_says_how_much_audio_went_untranscribed() -> None:
+    state = SessionState(LIMITS, started=0.0)
+    state.drain(0.0)
+    state.lost(12.34)
+    assert state.cut() == Close(1001, "untranscribed_audio: server shutting down, 12.3 s not transcribed")
+    assert state.final_close() == state.cut()
 
 
 def test_the_first_reason_to_close_wins() -> None:

@@ -92,9 +92,11 @@ class WireProtocol(ABC):
         transcribed, its finals follow, then a 1001 close. None by default (the close says it)."""
         return []
 
-    def closing(self) -> list[str]:
+    def closing(self, untranscribed_seconds: float = 0.0) -> list[str]:
         """Frames sent after the last result, just before the server closes (Deepgram's closing
-        Metadata, vosk's answer to ``eof``, WhisperLive's last segments)."""
+        Metadata, vosk's answer to ``eof``, WhisperLive's last segments). ``untranscribed_seconds``:
+        audio received that was never transcribed (a drain deadline, a hung engine call), for
+        the protocols that can say it there."""
         return []
 
 

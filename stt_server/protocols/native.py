@@ -401,10 +401,12 @@ class NativeProtocol(WireProtocol):
     def draining(self, message: str) -> list[str]:
         return []  # Deepgram has no such message: the SDKs could not type it
 
-    def closing(self) -> list[str]:
+    def closing(self, untranscribed_seconds: float = 0.0) -> list[str]:
         # Deepgram's closing Metadata also names the models used (fields the SDKs leave untyped).
+        # Ours: the seconds of audio received that were never transcribed (0 when none were).
         extra: dict[str, Any] = {"models": [self.model.uuid],
-                                 "model_info": {self.model.uuid: self.model.to_json()}}
+                                 "model_info": {self.model.uuid: self.model.to_json()},
+                                 "untranscribed_seconds": round(untranscribed_seconds, 3)}
         if self._languages:  # detected (language=multi): every language heard, most words first
             extra["languages"] = sorted(self._languages, key=lambda code: -self._languages[code])
         return self._utterance_end(stream_over=True) + [self._metadata(extra=extra).to_frame()]

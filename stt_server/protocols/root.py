@@ -96,5 +96,5 @@ class RootProtocol(WireProtocol):
     def draining(self, message: str) -> list[str]:
         return self.inner.draining(message) if self.inner is not None else []
 
-    def closing(self) -> list[str]:
-        return self.inner.closing() if self.inner is not None else []
+    def closing(self, untranscribed_seconds: float = 0.0) -> list[str]:
+        return self.inner.closing(untranscribed_seconds) if self.inner is not None else []

@@ -164,7 +164,7 @@ class VoskProtocol(WireProtocol):
         self._answer_due = False  # the error answers this message
         return [ErrorMessage(error.message).to_frame()]
 
-    def closing(self) -> list[str]:
+    def closing(self, untranscribed_seconds: float = 0.0) -> list[str]:
         return [self._combined()]  # the answer to eof: everything still pending
 
     def _combined(self) -> str:

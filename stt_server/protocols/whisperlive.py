@@ -159,7 +159,7 @@ class WhisperLiveProtocol(WireProtocol):
     def error(self, error: SttServerError) -> list[str]:
         return [StatusMessage(self.uid, "ERROR", error.message).to_frame()]
 
-    def closing(self) -> list[str]:
+    def closing(self, untranscribed_seconds: float = 0.0) -> list[str]:
         self._current = None
         return [self._segments()] if self._completed else []
 
