@@ -59,7 +59,7 @@ async def start_server(folder: Path, config: dict[str, Any]) -> ServerProcess:
     (folder / "tokens.txt").write_text(f"{TOKEN} bench\n")
     config = {**config, "server": {"port": 0, **config.get("server", {})},
               "tokens": {"file": "tokens.txt", "create_if_missing": False, **config.get("tokens", {})},
-              "logging": {"format": "json"}}
+              "logging": {**config.get("logging", {}), "format": "json"}}
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     log_path = folder / "server.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}

@@ -29,7 +29,7 @@ DRAIN_REASON = "server shutting down"
 # sending cannot stretch the drain. A client that does not answer within DRAIN_PING_SECONDS
 # of reading (time held back by the engine does not count) is read no longer, and the close
 # says so.
-DRAIN_READ_GRACE = 0.1
+DRAIN_READ_GRACE = 0.05
 DRAIN_READ_SECONDS = 1.0
 DRAIN_PING_SECONDS = 5.0
 DRAIN_UNANSWERED_REASON = ("server shutting down; the client did not answer the drain's ping within "

@@ -59,18 +59,28 @@ class _StreamWriter(io.RawIOBase):
         return len(data)
 
 
-def _frames(rate: int, layout: str, fmt: str, frame_size: int | None) -> Iterator[av.AudioFrame]:
+def _frames(rate: int, layout: str, fmt: str, frame_size: int | None,
+            pcm16: bytes | None = None) -> Iterator[av.AudioFrame]:
     resampler = av.AudioResampler(format=fmt, layout=layout, rate=rate, frame_size=frame_size)
-    with av.open(str(JFK_FLAC)) as source:
-        for frame in source.decode(audio=0):
-            frame.pts = None
+    if pcm16 is not None:  # 16 kHz mono s16le, in 0.1 s frames
+        samples = np.frombuffer(pcm16, dtype="<i2")
+        for start in range(0, samples.size, 1600):
+            frame = av.AudioFrame.from_ndarray(samples[None, start:start + 1600].copy(), format="s16",
+                                               layout="mono")
+            frame.sample_rate = 16_000
             yield from resampler.resample(frame)
+    else:
+        with av.open(str(JFK_FLAC)) as source:
+            for frame in source.decode(audio=0):
+                frame.pts = None
+                yield from resampler.resample(frame)
     yield from resampler.resample(None)
 
 
 def encode(container: str, codec: str, *, rate: int, layout: str = "mono", bit_rate: int | None = None,
-           options: dict[str, str] | None = None, live: bool = False) -> bytes:
-    """jfk.flac re-encoded with ``codec`` into ``container`` (a PyAV/FFmpeg muxer name)."""
+           options: dict[str, str] | None = None, live: bool = False, pcm16: bytes | None = None) -> bytes:
+    """jfk.flac (or ``pcm16``: 16 kHz mono s16le) re-encoded with ``codec`` into ``container``
+    (a PyAV/FFmpeg muxer name)."""
     sink: io.RawIOBase | io.BytesIO = _StreamWriter() if live else io.BytesIO()
     with av.open(sink, mode="w", format=container, options=options or {}) as out:
         stream = out.add_stream(codec, rate=rate, layout=layout)
@@ -79,7 +89,7 @@ def encode(container: str, codec: str, *, rate: int, layout: str = "mono", bit_r
         stream.codec_context.open()  # fixes the encoder's sample format and frame size
         fmt = stream.codec_context.format.name
         frame_size = stream.codec_context.frame_size or None
-        for frame in _frames(rate, layout, fmt, frame_size):
+        for frame in _frames(rate, layout, fmt, frame_size, pcm16):
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     return bytes(sink.buffer) if isinstance(sink, _StreamWriter) else sink.getvalue()

@@ -48,9 +48,9 @@ def test_drain_reads_until_the_client_answers_its_ping_then_a_second_at_most() -
     assert state.next_stop(12.0) == (3.0, Stop.DRAIN)
     state.drain_answered(12.0)
     assert state.drain_answered_at == 12.0
-    # Then frames already buffered, a tenth of a second apart, for a second at most.
-    assert state.next_stop(12.0) == (0.1, Stop.DRAIN)
-    assert state.next_stop(12.95) == (pytest.approx(0.05), Stop.DRAIN)
+    # Then frames already buffered, a twentieth of a second apart, for a second at most.
+    assert state.next_stop(12.0) == (0.05, Stop.DRAIN)
+    assert state.next_stop(12.97) == (pytest.approx(0.03), Stop.DRAIN)
     assert state.next_stop(13.0) == (0.0, Stop.DRAIN)  # however much the client keeps sending
     state.drain(20.0)  # a second drain() does not restart the clock
     state.drain_answered(20.0)
