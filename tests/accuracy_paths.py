@@ -201,9 +201,11 @@ class DrainedClip:
         return str(self.messages[0]["request_id"]) if self.messages else ""
 
 
-async def stream_until_closed(url: str, clip: PhrasedClip, *, realtime: bool, timeout: float = 300) -> DrainedClip:
+async def stream_until_closed(url: str, clip: PhrasedClip, *, realtime: bool, close_stream: bool = False,
+                              timeout: float = 300) -> DrainedClip:
     """Send ``clip`` as linear16 (in real time, or as fast as the socket allows) until the server
-    closes the session, collecting what comes back; no CloseStream."""
+    closes the session, collecting what comes back; CloseStream after the clip only if
+    ``close_stream``."""
     result = DrainedClip(clip)
     async with websockets.connect(url, max_size=None, open_timeout=30,
                                   create_connection=PingNotingConnection) as ws:
@@ -224,6 +226,8 @@ async def stream_until_closed(url: str, clip: PhrasedClip, *, realtime: bool, ti
                     await asyncio.sleep(max(0.0, began + number * LINEAR16_FRAME / 32_000 - time.monotonic()))
                 await ws.send(clip.pcm16[start:start + LINEAR16_FRAME])
                 ws.bytes_sent += len(clip.pcm16[start:start + LINEAR16_FRAME])
+            if close_stream:
+                await ws.send(json.dumps({"type": "CloseStream"}))
         except websockets.ConnectionClosed:
             pass
         await asyncio.wait_for(reader, timeout)

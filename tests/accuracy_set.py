@@ -221,6 +221,10 @@ class PhrasedClip:
     def seconds(self) -> float:
         return len(self.pcm16) / (2 * RATE)
 
+    @property
+    def reference(self) -> str:
+        return " ".join(self.phrases)
+
     def expected(self, sent: int, read: int) -> tuple[list[str], list[str]]:
         """The words the finals must hold (phrases wholly sent before byte ``sent``), and the
         words that may follow them (phrases begun before byte ``read``, the last byte read)."""

@@ -97,7 +97,14 @@ async def test_drain_timeout_cuts_what_cannot_finish(make_server) -> None:
     finished = await asyncio.get_running_loop().run_in_executor(None, live.call, live.server.drain(1.0))
     assert finished is False and time.monotonic() - began < 3
     await asyncio.wait_for(reader, 10)
-    assert transcript.close_code == 1001
+    # Not a plain 1001: the Error, the closing Metadata and the close reason say what was lost.
+    assert transcript.close_code == 1001 and transcript.close_reason.startswith("untranscribed_audio"), (
+        transcript.close_reason)
+    (error,) = transcript.of_type("Error")
+    assert error["code"] == "untranscribed_audio" and "not transcribed" in error["description"]
+    closing = transcript.messages[-1]
+    assert closing["type"] == "Metadata" and closing["untranscribed_seconds"] > 10, closing
+    assert f"{closing['untranscribed_seconds']:.1f} s not transcribed" in transcript.close_reason
 
 
 async def test_clients_that_keep_sending_do_not_stretch_the_drain(make_server) -> None:
