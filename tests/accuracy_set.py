@@ -65,7 +65,7 @@ class ClipSpec:
 CLIPS: tuple[ClipSpec, ...] = (
     ClipSpec("jfk", "jfk", "", JFK_TEXT, 0.10, kind="real speech"),
     ClipSpec("jfk-twice", "jfk-twice", "", f"{JFK_TEXT} {JFK_TEXT}", 0.10, kind="real speech said twice",
-             repeats=("fellow americans", "ask not what your country")),
+             repeats=("fellow americans", "your country")),
     ClipSpec("tale", "flite", "kal16", TALE, 0.07, kind="anaphora; one utterance over 15 s",
              repeats=("it was the",)),
     ClipSpec("beaches", "flite", "awb", BEACHES, 0.07, kind="anaphora", repeats=("we shall",)),

@@ -206,9 +206,12 @@ async def test_final_is_decoded_ahead_of_the_endpoint(provider: WhisperProvider,
 
 
 @pytest.mark.slow
-async def test_pauses_shorter_than_the_endpoint_do_not_end_an_utterance(provider: WhisperProvider) -> None:
+async def test_pauses_shorter_than_the_endpoint_do_not_end_an_utterance(
+        provider: WhisperProvider, monkeypatch: pytest.MonkeyPatch) -> None:
     """jfk's pauses (~1 s) exceed the pad but not a 2 s endpoint: every decode started ahead at a
-    pause is dropped when speech resumes, and the whole recording is one final."""
+    pause is dropped when speech resumes, and the whole recording is one final (long speech not
+    split: split_after_seconds 0)."""
+    monkeypatch.setattr(provider, "options", dataclasses.replace(provider.options, split_after_seconds=0))
     got = await transcribe(provider, JFK + silence(2.5), pace=4.0, endpointing_ms=2000)
     assert len(got.finals) == 1 and got.finals[0].speech_final, [r.text for r in got.finals]
     assert wer(JFK_TEXT, got.text) <= 0.15, got.text
@@ -221,6 +224,17 @@ async def test_silence_and_noise_give_no_text(provider: WhisperProvider) -> None
     for pcm in (silence(5.0), noise_pcm, silence(2.0) + noise_pcm):
         got = await transcribe(provider, pcm, interim_results=True, endpointing_ms=300)
         assert [r.text for r in got.results if r.text] == []
+
+
+@pytest.mark.slow
+async def test_long_speech_is_split_where_it_resumes_and_endpoints_stay_endpoints(provider: WhisperProvider) -> None:
+    """With a 2 s endpoint, jfk's ~1 s pauses end no utterance, but past split_after_seconds (6)
+    the next one splits it: a final that is not an endpoint, then the rest ending on the
+    endpoint. Every word arrives once."""
+    got = await transcribe(provider, JFK + silence(2.5), pace=4.0, endpointing_ms=2000)
+    assert [r.speech_final for r in got.finals] == [False, True], [(r.text, r.start, r.end) for r in got.finals]
+    assert got.finals[0].end - got.finals[0].start >= 6.0 and got.finals[1].start >= got.finals[0].end
+    assert wer(JFK_TEXT, got.text) <= 0.15, got.text
 
 
 @pytest.mark.slow
@@ -390,6 +404,25 @@ def test_segmenter_forced_cut_at_a_quiet_window() -> None:
     assert seg.active and seg.start == cuts[0].end  # the speech after the cut goes on
     final = seg.cut(46 * 512)
     assert final is not None and final.start == cuts[0].end and final.voiced == 20 * 512
+
+
+def test_segmenter_splits_long_speech_at_its_next_pause() -> None:
+    seg = segmenter(split_samples=30 * 512, silence_samples=8 * 512)
+    # Short pauses (2 windows < the 800 ms endpoint) inside 50 windows of speech.
+    probs = ([0.9] * 10 + [0.1] * 2) * 4 + [0.9] * 10 + [0.1] * 8
+    cuts = seg.push(0, probs)
+    # Under 30 windows the pauses stay inside the utterance; after that, the first pause long
+    # enough for the pad (100 samples, windows 34-35) ends a final that is not an endpoint when
+    # speech resumes (window 36).
+    assert cuts[0] == Cut(start=0, end=34 * 512 + 100, speech_final=False, voiced=30 * 512)
+    # The speech after it is an utterance of its own (its pause at 46-47 comes before it is
+    # 30 windows long), ended by the endpoint.
+    assert cuts[1:] == [Cut(start=36 * 512 - 100, end=58 * 512 + 100, speech_final=True, voiced=20 * 512)]
+    # Off (0): one utterance to the endpoint.
+    assert [c.speech_final for c in segmenter(silence_samples=8 * 512).push(0, probs)] == [True]
+    # A pause that reaches the endpoint is one, however long the speech before it.
+    seg = segmenter(split_samples=30 * 512, silence_samples=8 * 512)
+    assert [c.speech_final for c in seg.push(0, [0.9] * 40 + [0.1] * 9)] == [True]
 
 
 def test_make_result_shifts_words_and_honours_punctuate() -> None:

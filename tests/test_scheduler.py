@@ -92,6 +92,21 @@ async def test_queued_finals_are_batched_up_to_max_batch() -> None:
     scheduler.stop()
 
 
+async def test_idle_workers_share_the_queue_before_anyone_batches() -> None:
+    engine = RecordingEngine()
+    scheduler = EngineScheduler("t", engine, workers=2, max_batch=4, call_timeout=0)
+    scheduler.start()
+    lanes = [scheduler.lane(str(i)) for i in range(4)]
+    # Queued in one turn of the loop, while both workers wait for work.
+    jobs = [asyncio.ensure_future(lane.run(f"j{i}", weight=1.0)) for i, lane in enumerate(lanes)]
+    await asyncio.sleep(0.05)
+    engine.gate.set()
+    await asyncio.gather(*jobs)
+    # Never one batch of four while the other worker waits.
+    assert max(len(batch) for batch in engine.batches) < 4, engine.batches
+    scheduler.stop()
+
+
 async def test_a_hung_call_fails_its_own_job_and_the_worker_is_replaced() -> None:
     engine = RecordingEngine()
     engine.gate.set()

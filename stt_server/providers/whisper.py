@@ -107,6 +107,11 @@ class WhisperOptions:
     min_speech_ms: int = 150
     # Longest utterance before a forced final; Whisper sees at most 30 s at once.
     max_utterance_seconds: float = 20.0
+    # An utterance longer than this is split where speech resumes after a pause of speech_pad_ms
+    # (a final with speech_final false, decoded from the pause on): long speech gets its finals
+    # as it goes, and each decode stays short (bench/RESULTS.md). A pause that reaches the
+    # endpoint is an endpoint as ever. 0 = split only at endpoints and max_utterance_seconds.
+    split_after_seconds: float = 6.0
     # Minimum time between two interim re-decodes of one stream (ms).
     interim_interval_ms: int = 500
     # Interims also wait this many times the recent decode time, so under load they thin out.
@@ -127,6 +132,7 @@ class WhisperOptions:
         within("min_speech_ms", self.min_speech_ms, 0, 5000)
         # Pads on both sides must still fit in Whisper's 30 s window.
         within("max_utterance_seconds", self.max_utterance_seconds, 1, 28)
+        within("split_after_seconds", self.split_after_seconds, 0, 28)
         within("interim_interval_ms", self.interim_interval_ms, 50, 60_000)
         require(self.interim_load_factor >= 1.0,
                 f"interim_load_factor must be at least 1 (or interims fall behind), got {self.interim_load_factor}")
@@ -155,7 +161,7 @@ class Segmenter:
     """
 
     def __init__(self, *, threshold: float, pad: int, silence_samples: int, speech_final: bool,
-                 max_samples: int, window: int = VAD_WINDOW,
+                 max_samples: int, split_samples: int = 0, window: int = VAD_WINDOW,
                  idle_restart_samples: int = int(VAD_IDLE_RESTART_SECONDS * SAMPLE_RATE)) -> None:
         self.threshold = threshold
         self.release = max(threshold - VAD_RELEASE, 0.01)
@@ -163,6 +169,8 @@ class Segmenter:
         self.silence_samples = silence_samples
         self.speech_final = speech_final
         self.max_samples = max_samples
+        # An utterance this long is cut at its next pause of ``pad`` (0: never).
+        self.split_samples = split_samples
         self.window = window
         self.in_speech = False
         # Start of the current utterance, None between utterances.
@@ -211,10 +219,16 @@ class Segmenter:
             if self.start is None and prob < self.release and end - self._restarted >= self.idle_restart_samples:
                 self._restart(end)
                 break
+            resumed = prob >= self.threshold and not self.in_speech
             if prob >= self.threshold:
                 self.in_speech = True
             elif prob < self.release:
                 self.in_speech = False
+            if (resumed and self.start is not None and self.split_samples
+                    and w - self.start >= self.split_samples and w >= self._last_voiced_end + self.pad):
+                # Long speech resumed after a pause: the pause ends a final that is not an endpoint
+                # (speech_final false), the span the decode ahead (tentative_end) already covers.
+                cuts.append(self._close(self._last_voiced_end + self.pad, False))
             if self.in_speech and self.start is None:
                 self.start = max(self.floor, w - self.pad)
                 self._voiced = 0
@@ -244,6 +258,11 @@ class Segmenter:
             return None
         end = self._last_voiced_end + self.pad
         return (self.start, end) if self.pos >= end else None
+
+    def splits_at(self, end: int) -> bool:
+        """Whether the current utterance, were speech to resume after ``end``, would be split
+        there: its decode ahead is then the final's either way (split or endpoint)."""
+        return bool(self.split_samples) and self.start is not None and end - self.start >= self.split_samples
 
     def _restart(self, position: int) -> None:
         self._restarted = position
@@ -445,6 +464,7 @@ class WhisperStream(TranscriptionStream):
             silence_samples=silence_ms * SAMPLE_RATE // 1000,
             speech_final=session.endpointing_ms > 0,
             max_samples=int(options.max_utterance_seconds * SAMPLE_RATE),
+            split_samples=int(options.split_after_seconds * SAMPLE_RATE),
         )
         self._audio = AudioBuffer()
         self._odd_byte = b""
@@ -581,8 +601,11 @@ class WhisperStream(TranscriptionStream):
 
         The final's audio is then complete, and an endpoint needs ``endpointing_ms`` of silence
         (800 ms for the native API), so decoding while the endpoint is still unsure takes up to
-        that wait off the final's latency. If speech resumes, the decode is cancelled: free while
-        it is still queued (as it is under load), ~0.2 s of a worker otherwise.
+        that wait off the final's latency. In a long utterance (``split_after_seconds``) the
+        decode is the final's either way: an endpoint, or a split where speech resumes. In a
+        shorter one it is cancelled if speech resumes, so only an idle worker takes it on
+        (checked again on each chunk of the pause): under load those wasted decodes were half
+        of all decodes (16 streams of continuous reading, bench/RESULTS.md).
         """
         tentative = self._segmenter.tentative_end()
         current = self._speculation
@@ -591,6 +614,8 @@ class WhisperStream(TranscriptionStream):
             self._speculation = current = None
         if (tentative is None or current is not None or self._segmenter.voiced < self._min_voiced
                 or self._done or self._closing):
+            return
+        if not (self._segmenter.splits_at(tentative[1]) or self._provider.scheduler.has_idle_worker()):
             return
         start, end = tentative
         request = self._request(self._audio.float32(start, end), final=True)
