@@ -7,7 +7,7 @@ tiny.en) and talks to it over real websockets with 16 kHz PCM16 binary frames.
 Final latency = arrival of a final minus the moment the last audio of its span was sent
 (the span's end, in stream seconds, mapped to the send time of the chunk that held it).
 
-    python bench/capacity.py levels [--levels 1,4,8,16,24,32] [--repeats 4]
+    python bench/capacity.py levels [--levels 1,4,8,16,24,32] [--repeats 4] [--recording jfk|reading]
     python bench/capacity.py fast-sender [--minutes 20] [--real-time 3]
     python bench/capacity.py churn [--sessions 500] [--at-once 20]
 """
@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from accuracy_set import wer as accuracy_set_wer  # noqa: E402  (numbers as digits, as Whisper writes them)
 from support import JFK_FLAC, JFK_TEXT, load_pcm16, wer  # noqa: E402
 
 import foundation  # noqa: E402  (bench/ is on sys.path: python bench/capacity.py)
@@ -103,6 +105,26 @@ async def stream(url: str, token: str, pcm: bytes, *, speed: float, delay: float
     return session
 
 
+async def engine_counters(ws_url: str) -> dict[str, float]:
+    """Engine jobs and call seconds, and finals sent, so far (the server's /metrics)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> str:
+        with urllib.request.urlopen(ws_url.replace("ws://", "http://") + "/metrics", timeout=10) as response:
+            return response.read().decode()
+
+    totals = {"jobs": 0.0, "busy": 0.0, "finals": 0.0}
+    for family in text_string_to_metric_families(await asyncio.to_thread(scrape)):
+        for sample in family.samples:
+            if sample.name == "stt_engine_batch_size_sum":
+                totals["jobs"] += sample.value
+            elif sample.name == "stt_provider_inference_seconds_sum":
+                totals["busy"] += sample.value
+            elif sample.name == "stt_results_sent_total" and sample.labels.get("kind") == "final":
+                totals["finals"] += sample.value
+    return totals
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -128,23 +150,46 @@ class RssSampler:
         self._task.cancel()
 
 
+def reading() -> tuple[bytes, str]:
+    """A long read-speech recording without repeats of its own: the accuracy set's passages
+    (A Tale of Two Cities, "We shall fight on the beaches", "I have a dream", the lighthouse;
+    flite and espeak-ng, phrase by phrase) and jfk.flac, one after another."""
+    import accuracy_set
+
+    with tempfile.TemporaryDirectory() as folder:
+        clip = accuracy_set.joined("reading", [accuracy_set.phrased(name, Path(folder))
+                                               for name in ("tale", "beaches", "dream", "lighthouse", "jfk")])
+    return clip.pcm16, clip.reference
+
+
 async def levels(args: argparse.Namespace, url: str, token: str, proc: Any, pcm: bytes) -> None:
-    recording = (pcm + GAP) * args.repeats
-    reference = " ".join([JFK_TEXT] * args.repeats)
-    print(f"recording: jfk.flac x{args.repeats} with 1 s gaps = {len(recording) / 2 / RATE:.0f} s, real time, "
-          "clients start spread over 1 s")
+    if args.recording == "reading":
+        recording, reference = reading()
+        print(f"recording: the reading (five passages, {len(recording) / 2 / RATE:.0f} s), real time, "
+              "clients start spread over 1 s")
+    else:
+        recording = (pcm + GAP) * args.repeats
+        reference = " ".join([JFK_TEXT] * args.repeats)
+        print(f"recording: jfk.flac x{args.repeats} with 1 s gaps = {len(recording) / 2 / RATE:.0f} s, real time, "
+              "clients start spread over 1 s")
+    # jobs/final: engine jobs (finals, finals decoded ahead, interims) per final sent; busy: engine
+    # call seconds per second of audio sent (both from /metrics).
     print(f"{'streams':>7} {'WER mean':>8} {'WER max':>8} {'p50 s':>6} {'p95 s':>6} {'max s':>6} "
-          f"{'finals':>6} {'bad closes':>10} {'RSS peak MiB':>12}")
+          f"{'finals':>6} {'bad closes':>10} {'RSS peak MiB':>12} {'jobs/final':>10} {'busy':>6}")
     for level in args.levels:
+        before = await engine_counters(url)
         with RssSampler(proc.pid) as rss:
             sessions = await asyncio.gather(*(stream(url, token, recording, speed=1.0, delay=random.uniform(0, 1))
                                               for _ in range(level)))
+        after = await engine_counters(url)
+        jobs, busy, finals = (after[k] - before[k] for k in ("jobs", "busy", "finals"))
         latencies = [x for s in sessions for x in s.latencies]
-        wers = [wer(reference, s.text) for s in sessions]
+        wers = [accuracy_set_wer(reference, s.text) for s in sessions]
         bad = sum(s.close_code != 1000 for s in sessions)
         print(f"{level:>7} {statistics.mean(wers):>8.3f} {max(wers):>8.3f} {percentile(latencies, 0.5):>6.2f} "
               f"{percentile(latencies, 0.95):>6.2f} {max(latencies, default=float('nan')):>6.2f} "
-              f"{len(latencies):>6} {bad:>10} {rss.peak:>12.0f}", flush=True)
+              f"{len(latencies):>6} {bad:>10} {rss.peak:>12.0f} {jobs / max(finals, 1):>10.2f} "
+              f"{busy / (level * len(recording) / 2 / RATE):>6.3f}", flush=True)
         await asyncio.sleep(2)
 
 
@@ -215,6 +260,8 @@ async def main() -> None:
     p = sub.add_parser("levels")
     p.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8, 16, 24, 32])
     p.add_argument("--repeats", type=int, default=4, help="repetitions of jfk.flac per stream (11 s each)")
+    p.add_argument("--recording", choices=["jfk", "reading"], default="jfk",
+                   help="jfk.flac repeated, or a 72 s reading of five passages (bench/capacity.py reading())")
     p = sub.add_parser("fast-sender")
     p.add_argument("--minutes", type=float, default=20)
     p.add_argument("--real-time", type=int, default=3)
