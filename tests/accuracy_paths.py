@@ -112,17 +112,19 @@ def frames_of(clip: Clip, fmt: Format) -> tuple[list[bytes], float]:
     return [data[i:i + size] for i in range(0, len(data), size)], CONTAINER_CHUNK_SECONDS
 
 
+async def collect(ws: websockets.ClientConnection, messages: list[dict[str, Any]]) -> None:
+    """Append every message the server sends, until it closes."""
+    try:
+        async for message in ws:
+            messages.append(json.loads(message))
+    except websockets.ConnectionClosed:
+        pass
+
+
 async def send_clip(url: str, frames: list[bytes], frame_seconds: float, *, realtime: bool,
                     result: ClipResult, timeout: float = 300) -> ClipResult:
     async with websockets.connect(url, max_size=None, open_timeout=30) as ws:
-        async def read() -> None:
-            try:
-                async for message in ws:
-                    result.messages.append(json.loads(message))
-            except websockets.ConnectionClosed:
-                pass
-
-        reader = asyncio.create_task(read())
+        reader = asyncio.create_task(collect(ws, result.messages))
         began = time.monotonic()
         for number, frame in enumerate(frames):
             if realtime:  # on a schedule, so a slow send does not slow the pace down
@@ -210,15 +212,7 @@ async def stream_until_closed(url: str, clip: PhrasedClip, *, realtime: bool, cl
     async with websockets.connect(url, max_size=None, open_timeout=30,
                                   create_connection=PingNotingConnection) as ws:
         assert isinstance(ws, PingNotingConnection)
-
-        async def read() -> None:
-            try:
-                async for message in ws:
-                    result.messages.append(json.loads(message))
-            except websockets.ConnectionClosed:
-                pass
-
-        reader = asyncio.create_task(read())
+        reader = asyncio.create_task(collect(ws, result.messages))
         began = time.monotonic()
         try:
             for number, start in enumerate(range(0, len(clip.pcm16), LINEAR16_FRAME)):

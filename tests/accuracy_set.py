@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import regression_set
 from support import JFK_FLAC, JFK_TEXT, load_pcm16
 
 RATE = 16_000
@@ -112,13 +112,8 @@ class Clip:
 
 
 def _synthesise(engine: str, voice: str, text: str, folder: Path) -> np.ndarray:
-    path = folder / "speech.wav"
-    if engine == "espeak":
-        command = ["espeak-ng", "-v", voice, "-s", "160", "-w", str(path), text]
-    else:
-        command = ["flite", "-voice", voice, "-t", text, "-o", str(path)]
-    subprocess.run(command, check=True, timeout=60, capture_output=True)
-    return _int16(load_pcm16(path))
+    # regression_set's float samples are int16 / 32768: exact both ways.
+    return (regression_set.synthesise(engine, voice, text, folder) * 32768).astype(np.int16)
 
 
 def _int16(pcm16: bytes) -> np.ndarray:
@@ -259,9 +254,7 @@ def phrased(name: str, folder: Path) -> PhrasedClip:
     spec = next(s for s in CLIPS if s.name == name)
     gap = np.zeros(int(PHRASE_GAP_SECONDS * RATE), dtype=np.int16)
     edge = np.zeros(int(EDGE_SECONDS * RATE), dtype=np.int16)
-    if spec.source == "jfk":
-        import regression_set  # the recording's phrases, cut in the middle of its pauses
-
+    if spec.source == "jfk":  # the recording's phrases, cut in the middle of its pauses
         pieces = [(text, (audio * 32768).astype(np.int16), np.zeros(0, dtype=np.int16))
                   for _, text, audio in regression_set.jfk_clips()[1:]]
     else:

@@ -172,8 +172,3 @@ async def test_rolling_restart_loses_no_final_and_no_new_session(instances, ngin
     assert not victim.named("session opened", mark), "a new session landed on the draining instance"
     others = [i for i in group if i is not victim]
     assert sum(len(i.named("session opened")) for i in others) == 3 - len(victim_sessions) + 6
-
-
-async def wait_for_metadata(transcript: Transcript) -> dict:
-    await wait_until(lambda: bool(transcript.of_type("Metadata")), timeout=10, what="Metadata")
-    return transcript.of_type("Metadata")[0]
