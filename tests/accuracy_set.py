@@ -72,7 +72,9 @@ CLIPS: tuple[ClipSpec, ...] = (
     ClipSpec("dream", "espeak", "en-us",
              "I have a dream that one day this nation will rise up. I have a dream that my four little children "
              "will one day live in a nation where they will not be judged by the color of their skin. I have a "
-             "dream today.", 0.07, kind="anaphora, three sentences", repeats=("i have a dream",)),
+             "dream today.", 0.07, kind="anaphora, three sentences",
+             # "I have": the anaphora itself ("a dream" was once heard as "agreed", which is no loss).
+             repeats=("i have",)),
     ClipSpec("lighthouse", "flite", "awb", LIGHTHOUSE, 0.10, kind="one utterance over 15 s, no repetition"),
     # Short clips: a bound of one word at most, and every repetition counted.
     ClipSpec("yes", "flite", "rms", "Yes. Yes. Yes, that is right.", 0.17, kind="repeated answer",
