@@ -284,7 +284,10 @@ class SessionRunner:
                 # Until the pong: every frame the client sent before it saw the notice.
                 frame = await self._receive_or(self._drain_pong, timeout)
                 if self._drain_pong.done():
-                    self.state.drain_answered(time.monotonic())
+                    if self._drain_pong.cancelled() or self._drain_pong.exception() is not None:
+                        self._drain_pong = None  # the connection closed: the next recv() says so
+                    else:
+                        self.state.drain_answered(time.monotonic())
                 return frame if frame is not None else await self._next_frame()
             try:  # then only frames already on their way, briefly
                 return await asyncio.wait_for(self.connection.recv(), timeout)
@@ -312,9 +315,12 @@ class SessionRunner:
     async def _ping(self) -> asyncio.Future[Any] | None:
         """Ping the client; the future completes with its pong (None: the connection is closed)."""
         try:
-            return asyncio.ensure_future(await self.connection.ping())
+            pong = asyncio.ensure_future(await self.connection.ping())
         except ConnectionClosed:
             return None
+        # A close fails the pong; that is no error to log ("exception was never retrieved").
+        pong.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return pong
 
     async def _feed(self, stream: TranscriptionStream, audio: bytes, arrived: float) -> None:
         if not audio:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import websockets
-from ops_support import http_get
+from ops_support import NULL_ONLY, http_get
 from support import (
     JFK_FLAC,
     Transcript,
@@ -148,3 +148,65 @@ async def test_clients_that_keep_sending_do_not_stretch_the_drain(make_server) -
         assert transcript.finals and not transcript.of_type("Error")
         # About 6 s were read before the drain: "And so my fellow Americans, ask not ..."
         assert "fellow americans ask not" in " ".join(words(transcript))
+
+
+async def test_a_client_that_never_answers_the_drain_ping_is_read_no_longer_and_told(make_server) -> None:
+    """A client whose websocket never answers pings (it sends, but reads nothing back): the
+    drain reads it for 5 s at most, and the close says why reading stopped."""
+    from websockets.client import ClientProtocol
+    from websockets.frames import Opcode
+    from websockets.protocol import State
+    from websockets.uri import parse_uri
+
+    live = make_server(NULL_ONLY)
+    reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
+    protocol = ClientProtocol(parse_uri(live.url()))
+    protocol.send_request(protocol.connect())
+    writer.write(b"".join(protocol.data_to_send()))
+    while protocol.state is not State.OPEN:
+        protocol.receive_data(await asyncio.wait_for(reader.read(65536), 10))
+    protocol.send_binary(b"\0" * CHUNK)
+    writer.write(b"".join(protocol.data_to_send()))  # the last bytes this client ever writes
+    await wait_until(lambda: any(r.stats.bytes_in for r in live.server.open_sessions()), what="audio read")
+    began = time.monotonic()
+    drained = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(live.server.drain(30), live.loop))
+    pings = 0
+    while data := await asyncio.wait_for(reader.read(65536), 30):
+        protocol.receive_data(data)
+        pings += sum(1 for event in protocol.events_received() if getattr(event, "opcode", None) is Opcode.PING)
+        if protocol.close_rcvd is not None:
+            break
+    writer.close()
+    assert await asyncio.wait_for(drained, 35) is True
+    assert pings >= 1 and protocol.close_rcvd is not None
+    assert protocol.close_rcvd.code == 1001 and "did not answer the drain's ping" in protocol.close_rcvd.reason
+    assert 4.5 <= time.monotonic() - began <= 15
+
+
+async def test_a_client_gone_while_the_drain_waits_for_its_pong_leaves_no_error(make_server, caplog) -> None:
+    import gc
+    import logging
+
+    from websockets.client import ClientProtocol
+    from websockets.protocol import State
+    from websockets.uri import parse_uri
+
+    live = make_server(NULL_ONLY)
+    reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
+    protocol = ClientProtocol(parse_uri(live.url()))
+    protocol.send_request(protocol.connect())
+    writer.write(b"".join(protocol.data_to_send()))
+    while protocol.state is not State.OPEN:
+        protocol.receive_data(await asyncio.wait_for(reader.read(65536), 10))
+    protocol.send_binary(b"\0" * CHUNK)
+    writer.write(b"".join(protocol.data_to_send()))
+    await wait_until(lambda: any(r.stats.bytes_in for r in live.server.open_sessions()), what="audio read")
+    caplog.set_level(logging.DEBUG)
+    drained = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(live.server.drain(30), live.loop))
+    await asyncio.wait_for(reader.read(65536), 10)  # the drain's ping (and whatever came with it)
+    writer.transport.abort()  # gone without a pong or a close frame
+    assert await asyncio.wait_for(drained, 35) is True
+    live.call(asyncio.sleep(0.1))
+    gc.collect()
+    live.call(asyncio.sleep(0.1))
+    assert not [r for r in caplog.records if r.exc_info or "never retrieved" in r.getMessage()]
