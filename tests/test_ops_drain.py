@@ -4,11 +4,18 @@ audio already received arrives, every stream closes 1001, and nothing new is acc
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import logging
 import time
+from typing import Any
 
 import pytest
 import websockets
+from websockets.client import ClientProtocol
+from websockets.frames import Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
 from ops_support import NULL_ONLY, http_get
 from support import (
     JFK_FLAC,
@@ -150,15 +157,9 @@ async def test_clients_that_keep_sending_do_not_stretch_the_drain(make_server) -
         assert "fellow americans ask not" in " ".join(words(transcript))
 
 
-async def test_a_client_that_never_answers_the_drain_ping_is_read_no_longer_and_told(make_server) -> None:
-    """A client whose websocket never answers pings (it sends, but reads nothing back): the
-    drain reads it for 5 s at most, and the close says why reading stopped."""
-    from websockets.client import ClientProtocol
-    from websockets.frames import Opcode
-    from websockets.protocol import State
-    from websockets.uri import parse_uri
-
-    live = make_server(NULL_ONLY)
+async def raw_session(live) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Any]:
+    """A session opened by websockets' sans-I/O client over a bare socket, one audio frame sent:
+    nothing answers the server's pings unless the test writes it."""
     reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
     protocol = ClientProtocol(parse_uri(live.url()))
     protocol.send_request(protocol.connect())
@@ -166,7 +167,15 @@ async def test_a_client_that_never_answers_the_drain_ping_is_read_no_longer_and_
     while protocol.state is not State.OPEN:
         protocol.receive_data(await asyncio.wait_for(reader.read(65536), 10))
     protocol.send_binary(b"\0" * CHUNK)
-    writer.write(b"".join(protocol.data_to_send()))  # the last bytes this client ever writes
+    writer.write(b"".join(protocol.data_to_send()))
+    return reader, writer, protocol
+
+
+async def test_a_client_that_never_answers_the_drain_ping_is_read_no_longer_and_told(make_server) -> None:
+    """A client whose websocket never answers pings (it sends, but reads nothing back): the
+    drain reads it for 5 s at most, and the close says why reading stopped."""
+    live = make_server(NULL_ONLY)
+    reader, writer, protocol = await raw_session(live)  # the last bytes this client ever writes
     await wait_until(lambda: any(r.stats.bytes_in for r in live.server.open_sessions()), what="audio read")
     began = time.monotonic()
     drained = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(live.server.drain(30), live.loop))
@@ -184,22 +193,8 @@ async def test_a_client_that_never_answers_the_drain_ping_is_read_no_longer_and_
 
 
 async def test_a_client_gone_while_the_drain_waits_for_its_pong_leaves_no_error(make_server, caplog) -> None:
-    import gc
-    import logging
-
-    from websockets.client import ClientProtocol
-    from websockets.protocol import State
-    from websockets.uri import parse_uri
-
     live = make_server(NULL_ONLY)
-    reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
-    protocol = ClientProtocol(parse_uri(live.url()))
-    protocol.send_request(protocol.connect())
-    writer.write(b"".join(protocol.data_to_send()))
-    while protocol.state is not State.OPEN:
-        protocol.receive_data(await asyncio.wait_for(reader.read(65536), 10))
-    protocol.send_binary(b"\0" * CHUNK)
-    writer.write(b"".join(protocol.data_to_send()))
+    reader, writer, protocol = await raw_session(live)
     await wait_until(lambda: any(r.stats.bytes_in for r in live.server.open_sessions()), what="audio read")
     caplog.set_level(logging.DEBUG)
     drained = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(live.server.drain(30), live.loop))
