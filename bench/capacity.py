@@ -7,7 +7,7 @@ tiny.en) and talks to it over real websockets with 16 kHz PCM16 binary frames.
 Final latency = arrival of a final minus the moment the last audio of its span was sent
 (the span's end, in stream seconds, mapped to the send time of the chunk that held it).
 
-    python bench/capacity.py levels [--levels 1,4,8,16,24,32] [--repeats 4] [--recording jfk|reading]
+    python bench/capacity.py levels [--levels 1,4,8,16,24,32] [--repeats 4] [--recording jfk|reading [--desync]]
     python bench/capacity.py fast-sender [--minutes 20] [--real-time 3]
     python bench/capacity.py churn [--sessions 500] [--at-once 20]
 """
@@ -150,27 +150,40 @@ class RssSampler:
         self._task.cancel()
 
 
-def reading() -> tuple[bytes, str]:
+def reading() -> Any:
     """A long read-speech recording without repeats of its own: the accuracy set's passages
     (A Tale of Two Cities, "We shall fight on the beaches", "I have a dream", the lighthouse;
-    flite and espeak-ng, phrase by phrase) and jfk.flac, one after another."""
+    flite and espeak-ng, phrase by phrase) and jfk.flac, one after another (a PhrasedClip)."""
     import accuracy_set
 
     with tempfile.TemporaryDirectory() as folder:
-        clip = accuracy_set.joined("reading", [accuracy_set.phrased(name, Path(folder))
+        return accuracy_set.joined("reading", [accuracy_set.phrased(name, Path(folder))
                                                for name in ("tale", "beaches", "dream", "lighthouse", "jfk")])
-    return clip.pcm16, clip.reference
+
+
+def recordings(args: argparse.Namespace, pcm: bytes) -> list[tuple[bytes, str]]:
+    """The recordings clients may send, with their references: the recording from its start;
+    with --desync (the reading only) also the reading rotated to start at each of its phrases,
+    so that clients picking one at random pause at different times."""
+    if args.recording != "reading":
+        return [((pcm + GAP) * args.repeats, " ".join([JFK_TEXT] * args.repeats))]
+    clip = reading()
+    starts = [0, *clip.ends[:-1]] if args.desync else [0]
+    phrases = list(clip.phrases)
+    return [(clip.pcm16[cut:] + clip.pcm16[:cut], " ".join(phrases[k:] + phrases[:k]))
+            for k, cut in enumerate(starts)]
 
 
 async def levels(args: argparse.Namespace, url: str, token: str, proc: Any, pcm: bytes) -> None:
+    if args.desync and args.recording != "reading":
+        raise SystemExit("--desync needs --recording reading")
+    choices = recordings(args, pcm)
+    seconds = len(choices[0][0]) / 2 / RATE
     if args.recording == "reading":
-        recording, reference = reading()
-        print(f"recording: the reading (five passages, {len(recording) / 2 / RATE:.0f} s), real time, "
-              "clients start spread over 1 s")
+        print(f"recording: the reading (five passages, {seconds:.0f} s), real time, clients start spread over 1 s"
+              + (f", each from one of its {len(choices)} phrases at random" if args.desync else ""))
     else:
-        recording = (pcm + GAP) * args.repeats
-        reference = " ".join([JFK_TEXT] * args.repeats)
-        print(f"recording: jfk.flac x{args.repeats} with 1 s gaps = {len(recording) / 2 / RATE:.0f} s, real time, "
+        print(f"recording: jfk.flac x{args.repeats} with 1 s gaps = {seconds:.0f} s, real time, "
               "clients start spread over 1 s")
     # jobs/final: engine jobs (finals, finals decoded ahead, interims) per final sent; busy: engine
     # call seconds per second of audio sent (both from /metrics).
@@ -178,18 +191,19 @@ async def levels(args: argparse.Namespace, url: str, token: str, proc: Any, pcm:
           f"{'finals':>6} {'bad closes':>10} {'RSS peak MiB':>12} {'jobs/final':>10} {'busy':>6}")
     for level in args.levels:
         before = await engine_counters(url)
+        picked = [random.choice(choices) for _ in range(level)]
         with RssSampler(proc.pid) as rss:
             sessions = await asyncio.gather(*(stream(url, token, recording, speed=1.0, delay=random.uniform(0, 1))
-                                              for _ in range(level)))
+                                              for recording, _ in picked))
         after = await engine_counters(url)
         jobs, busy, finals = (after[k] - before[k] for k in ("jobs", "busy", "finals"))
         latencies = [x for s in sessions for x in s.latencies]
-        wers = [accuracy_set_wer(reference, s.text) for s in sessions]
+        wers = [accuracy_set_wer(reference, s.text) for s, (_, reference) in zip(sessions, picked)]
         bad = sum(s.close_code != 1000 for s in sessions)
         print(f"{level:>7} {statistics.mean(wers):>8.3f} {max(wers):>8.3f} {percentile(latencies, 0.5):>6.2f} "
               f"{percentile(latencies, 0.95):>6.2f} {max(latencies, default=float('nan')):>6.2f} "
               f"{len(latencies):>6} {bad:>10} {rss.peak:>12.0f} {jobs / max(finals, 1):>10.2f} "
-              f"{busy / (level * len(recording) / 2 / RATE):>6.3f}", flush=True)
+              f"{busy / (level * seconds):>6.3f}", flush=True)
         await asyncio.sleep(2)
 
 
@@ -260,6 +274,9 @@ async def main() -> None:
     p = sub.add_parser("levels")
     p.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8, 16, 24, 32])
     p.add_argument("--repeats", type=int, default=4, help="repetitions of jfk.flac per stream (11 s each)")
+    p.add_argument("--desync", action="store_true",
+                   help="each client starts the reading at a phrase of its own (rotated), so pauses do not fall "
+                        "together as they do when all send the same audio within a second")
     p.add_argument("--recording", choices=["jfk", "reading"], default="jfk",
                    help="jfk.flac repeated, or a 72 s reading of five passages (bench/capacity.py reading())")
     p = sub.add_parser("fast-sender")
