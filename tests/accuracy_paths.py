@@ -24,6 +24,12 @@ LINEAR16_FRAME = 3200  # 0.1 s of 16 kHz PCM16
 CONTAINER_CHUNK_SECONDS = 0.25  # a MediaRecorder's timeslice
 
 
+def finals_text(messages: list[dict[str, Any]]) -> str:
+    """The transcript: every final's text, in order."""
+    return " ".join(m["channel"]["alternatives"][0]["transcript"] for m in messages
+                    if m.get("type") == "Results" and m.get("is_final")).strip()
+
+
 @dataclass(frozen=True)
 class Format:
     name: str
@@ -73,12 +79,8 @@ class ClipResult:
     close_reason: str = ""
 
     @property
-    def finals(self) -> list[dict[str, Any]]:
-        return [m for m in self.messages if m.get("type") == "Results" and m.get("is_final")]
-
-    @property
     def text(self) -> str:
-        return " ".join(m["channel"]["alternatives"][0]["transcript"] for m in self.finals).strip()
+        return finals_text(self.messages)
 
     @property
     def errors(self) -> list[dict[str, Any]]:
@@ -195,8 +197,7 @@ class DrainedClip:
 
     @property
     def text(self) -> str:
-        return " ".join(m["channel"]["alternatives"][0]["transcript"] for m in self.messages
-                        if m.get("type") == "Results" and m.get("is_final")).strip()
+        return finals_text(self.messages)
 
     @property
     def session_id(self) -> str:

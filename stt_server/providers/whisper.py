@@ -169,7 +169,7 @@ class Segmenter:
         self.silence_samples = silence_samples
         self.speech_final = speech_final
         self.max_samples = max_samples
-        # An utterance this long is cut at its next pause of ``pad`` (0: never).
+        # An utterance this long is split where speech resumes after a pause of ``pad`` (0: never).
         self.split_samples = split_samples
         self.window = window
         self.in_speech = False
@@ -224,8 +224,7 @@ class Segmenter:
                 self.in_speech = True
             elif prob < self.release:
                 self.in_speech = False
-            if (resumed and self.start is not None and self.split_samples
-                    and w - self.start >= self.split_samples and w >= self._last_voiced_end + self.pad):
+            if resumed and self.splits_at(w) and w >= self._last_voiced_end + self.pad:
                 # Long speech resumed after a pause: the pause ends a final that is not an endpoint
                 # (speech_final false), the span the decode ahead (tentative_end) already covers.
                 cuts.append(self._close(self._last_voiced_end + self.pad, False))
@@ -259,10 +258,11 @@ class Segmenter:
         end = self._last_voiced_end + self.pad
         return (self.start, end) if self.pos >= end else None
 
-    def splits_at(self, end: int) -> bool:
-        """Whether the current utterance, were speech to resume after ``end``, would be split
-        there: its decode ahead is then the final's either way (split or endpoint)."""
-        return bool(self.split_samples) and self.start is not None and end - self.start >= self.split_samples
+    def splits_at(self, position: int) -> bool:
+        """Whether the current utterance is long enough at ``position`` to be split where speech
+        resumes after a pause (then a decode ahead of that pause is the final's either way:
+        split or endpoint)."""
+        return bool(self.split_samples) and self.start is not None and position - self.start >= self.split_samples
 
     def _restart(self, position: int) -> None:
         self._restarted = position
