@@ -38,12 +38,14 @@ class Metrics:
         self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry()
         r = self.registry
-        self.sessions_active = Gauge("stt_sessions_active", "Open sessions.", ["provider"], registry=r,
+        # ``protocol``: the endpoint a session came in on (native, seed, root for vosk and WhisperLive
+        # on /, openai, wyoming).
+        self.sessions_active = Gauge("stt_sessions_active", "Open sessions.", ["provider", "protocol"], registry=r,
                                      multiprocess_mode="livesum")  # workers: the box's total
         self.sessions_opened = Counter("stt_sessions_opened", "Sessions opened (upgrade accepted).",
-                                       ["provider"], registry=r)
+                                       ["provider", "protocol"], registry=r)
         self.sessions_closed = Counter("stt_sessions_closed", "Sessions ended, by websocket close code.",
-                                       ["provider", "code"], registry=r)
+                                       ["provider", "protocol", "code"], registry=r)
         self.audio_seconds = Counter("stt_audio_seconds", "Seconds of audio handed to engines "
                                      "(PCM engines only; pass-through containers are not counted).",
                                      ["provider"], registry=r)
@@ -98,8 +100,8 @@ class Metrics:
         MultiProcessCollector(merged, path=self.multiprocess_dir)
         return generate_latest(merged)
 
-    def session(self, provider: str) -> SessionMetrics:
-        return SessionMetrics(self, provider)
+    def session(self, provider: str, protocol: str) -> SessionMetrics:
+        return SessionMetrics(self, provider, protocol)
 
     def refused(self, code: str, *, auth: bool) -> None:
         self.errors.labels(code).inc()
@@ -137,10 +139,11 @@ class Metrics:
 class SessionMetrics:
     """One session's view: label children bound once."""
 
-    def __init__(self, metrics: Metrics, provider: str) -> None:
+    def __init__(self, metrics: Metrics, provider: str, protocol: str) -> None:
         self._metrics = metrics
         self.provider = provider
-        self._active = metrics.sessions_active.labels(provider)
+        self.protocol = protocol
+        self._active = metrics.sessions_active.labels(provider, protocol)
         self._audio_seconds = metrics.audio_seconds.labels(provider)
         self._audio_bytes = metrics.audio_bytes.labels(provider)
         self._messages = metrics.messages.labels(provider)
@@ -150,12 +153,12 @@ class SessionMetrics:
                          False: metrics.results.labels(provider, "interim")}
 
     def opened(self) -> None:
-        self._metrics.sessions_opened.labels(self.provider).inc()
+        self._metrics.sessions_opened.labels(self.provider, self.protocol).inc()
         self._active.inc()
 
     def closed(self, code: int) -> None:
         self._active.dec()
-        self._metrics.sessions_closed.labels(self.provider, str(code)).inc()
+        self._metrics.sessions_closed.labels(self.provider, self.protocol, str(code)).inc()
 
     def message(self) -> None:
         self._messages.inc()

@@ -574,7 +574,8 @@ class SttServer:
                                    self.providers[context.params.provider], logger=self.log,
                                    on_result=self._on_result if self.journal is not None else None,
                                    limits=self.config.limits,
-                                   metrics=self.metrics.session(context.params.provider))
+                                   metrics=self.metrics.session(context.params.provider,
+                                                              context.params.endpoint.value))
             task = asyncio.current_task()
             assert task is not None
             self._runners[connection] = (runner, task)

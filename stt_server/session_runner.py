@@ -83,7 +83,8 @@ class SessionRunner:
         self.on_result = on_result
         self.limits = limits
         # A server passes its own; alone (in a unit test, say) a runner counts into a private registry.
-        self.metrics = metrics or Metrics().session(context.params.provider)
+        self.metrics = metrics or Metrics().session(context.params.provider,
+                                                    context.params.endpoint.value)
         self.stats = SessionStats()
         self.stream_format: AudioFormat = provider.input_format(context.params.audio)
         # Every decision about how the session ends lives in the pure state machine.

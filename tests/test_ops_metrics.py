@@ -32,9 +32,9 @@ async def test_metrics_match_what_a_session_did(make_server, jfk_pcm: bytes) -> 
 
     samples = scrape(live.http_url)
     m = lambda name, **labels: metric(samples, name, **labels)  # noqa: E731
-    assert m("stt_sessions_opened_total", provider="whisper") == 1
-    assert m("stt_sessions_closed_total", provider="whisper", code="1000") == 1
-    assert m("stt_sessions_active", provider="whisper") == 0
+    assert m("stt_sessions_opened_total", provider="whisper", protocol="native") == 1
+    assert m("stt_sessions_closed_total", provider="whisper", protocol="native", code="1000") == 1
+    assert m("stt_sessions_active", provider="whisper", protocol="native") == 0
     assert m("stt_audio_bytes_total", provider="whisper") == len(jfk_pcm)
     assert m("stt_audio_seconds_total", provider="whisper") == pytest.approx(len(jfk_pcm) / 32000)
     assert m("stt_messages_received_total", provider="whisper") == len(frames) + 1  # + CloseStream
@@ -49,7 +49,7 @@ async def test_metrics_match_what_a_session_did(make_server, jfk_pcm: bytes) -> 
     assert m("stt_errors_total", code="token_invalid") == 1
     if bad.close_code == 1008:  # raw decoding, not pass-through
         assert m("stt_decode_errors_total", provider="null") == 1
-        assert m("stt_sessions_closed_total", provider="null", code="1008") == 1
+        assert m("stt_sessions_closed_total", provider="null", protocol="native", code="1008") == 1
     assert m("stt_provider_inference_seconds_count", provider="whisper") >= finals  # one decode per final at least
     assert 0 < m("stt_provider_inference_seconds_sum", provider="whisper") < 60
     assert m("stt_draining") == 0

@@ -81,8 +81,8 @@ def test_audio_clock_measures_from_the_chunk_holding_the_result_end() -> None:
 
 def test_each_server_has_its_own_registry() -> None:
     first, second = Metrics(), Metrics()
-    first.session("null").opened()
-    assert b'stt_sessions_opened_total{provider="null"} 1.0' in first.render()
+    first.session("null", "native").opened()
+    assert b'stt_sessions_opened_total{protocol="native",provider="null"} 1.0' in first.render()
     assert b"stt_sessions_opened_total{" not in second.render()
 
 

@@ -52,8 +52,8 @@ async def test_two_workers_share_the_port_the_limit_and_metrics_and_both_drain(i
     assert await refusal_of(box.url("alice")) == (503, "server_session_limit")
     for _ in range(4):  # whichever worker answers /metrics reports the sum over both
         samples = scrape(f"http://127.0.0.1:{box.port}")
-        assert metric(samples, "stt_sessions_active", provider="null") == 12
-        assert metric(samples, "stt_sessions_opened_total", provider="null") == 12
+        assert metric(samples, "stt_sessions_active", provider="null", protocol="native") == 12
+        assert metric(samples, "stt_sessions_opened_total", provider="null", protocol="native") == 12
         assert metric(samples, "stt_errors_total", code="server_session_limit") == 1
 
     for ws, _, _ in sessions:
