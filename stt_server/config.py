@@ -253,6 +253,13 @@ class SessionDefaults:
 
 
 @dataclass(frozen=True)
+class OpenAIRealtimeConfig:
+    """OpenAI's Realtime API, transcription sessions, at /v1/realtime?intent=transcription."""
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class ProviderConfig:
     """One entry of ``providers:``; ``options`` are checked by the provider's own dataclass."""
 
@@ -278,6 +285,7 @@ class Config:
     tls: TlsConfig = TlsConfig()
     journal: JournalConfig = JournalConfig()
     cluster: ClusterConfig = ClusterConfig()
+    openai_realtime: OpenAIRealtimeConfig = OpenAIRealtimeConfig()
     providers: tuple[ProviderConfig, ...] = tuple(
         ProviderConfig(name, enabled) for name, enabled in BUILTIN_PROVIDER_DEFAULTS.items()
     )

@@ -15,13 +15,17 @@ from websockets.datastructures import Headers
 
 from . import web
 from .config import Config
-from .errors import ForbiddenError, RequestError, SttServerError
-from .session import ENDPOINT_PATHS, SessionParams, parse_session, split_target
+from .errors import ForbiddenError, NotFoundError, RequestError, SttServerError
+from .session import ENDPOINT_PATHS, Endpoint, SessionParams, parse_session, split_target
 from .tokens import TokenEntry, TokenTable
 
 # Browsers cannot set headers on a websocket, so a token may come as the subprotocol pair
 # ["token", "<token>"] (Deepgram's convention); the server then selects "token".
 TOKEN_SUBPROTOCOL = "token"
+# OpenAI's browser convention: the key as the subprotocol "openai-insecure-api-key.<key>" beside
+# "realtime", which the server selects.
+OPENAI_KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
+OPENAI_SUBPROTOCOL = "realtime"
 
 # The request headers as websockets gives them (a multi-valued Headers) or a plain mapping
 # (unit tests, and callers that already hold single values).
@@ -72,7 +76,8 @@ class SessionContext:
 
 
 def token_from_request(target: str, headers: RequestHeaders, subprotocols: Collection[str]) -> str | None:
-    """The presented token: query ``token``, then ``Authorization``, then the subprotocol pair.
+    """The presented token: query ``token``, then ``Authorization``, then the subprotocol pair
+    (or OpenAI's key subprotocol).
 
     A repeated ``Authorization`` header is a 400 even when the query holds the token."""
     _, query = split_target(target)
@@ -87,6 +92,10 @@ def token_from_request(target: str, headers: RequestHeaders, subprotocols: Colle
         index = offered.index(TOKEN_SUBPROTOCOL)
         if index + 1 < len(offered):
             return offered[index + 1]
+    for subprotocol in offered:
+        key = subprotocol.removeprefix(OPENAI_KEY_SUBPROTOCOL_PREFIX)
+        if key and key != subprotocol:
+            return key
     return None
 
 
@@ -126,6 +135,9 @@ def accept_session(
     check_origin(headers, config.limits.allowed_origins)
     params = parse_session(target, defaults=config.session, default_provider=config.server.default_provider,
                            providers=providers)
+    if params.endpoint is Endpoint.OPENAI and not config.openai_realtime.enabled:
+        raise NotFoundError("OpenAI Realtime transcription is turned off here (openai_realtime.enabled)",
+                            code="not_found")
     token = token_from_request(target, headers, offered_subprotocols(headers))
     entry = tokens.authenticate(token)
     tokens.check_provider(entry, params.provider)

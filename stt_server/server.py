@@ -41,6 +41,7 @@ from .errors import (
     SttServerError,
 )
 from .handshake import (
+    OPENAI_SUBPROTOCOL,
     TOKEN_SUBPROTOCOL,
     SessionContext,
     accept_session,
@@ -326,7 +327,10 @@ class SttServer:
 
     def _select_subprotocol(self, connection: ServerConnection,
                             subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
-        return Subprotocol(TOKEN_SUBPROTOCOL) if TOKEN_SUBPROTOCOL in subprotocols else None
+        for chosen in (TOKEN_SUBPROTOCOL, OPENAI_SUBPROTOCOL):
+            if chosen in subprotocols:
+                return Subprotocol(chosen)
+        return None
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]

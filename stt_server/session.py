@@ -86,6 +86,11 @@ def parse_session(
     """Parse a request target into :class:`SessionParams`, or raise a 400/404 error."""
     path, query = split_target(target)
     endpoint = endpoint_for_path(path)
+    entry = PROTOCOLS[endpoint]
+    for name, value in entry.required_query.items():
+        if query.get(name) != value:
+            raise RequestError(f"{entry.path} serves {name}={value} sessions only; add ?{name}={value} to the URL",
+                               parameter=name)
 
     provider = query.get("provider") or query.get("stt_provider") or default_provider
     if provider not in providers:
@@ -94,11 +99,13 @@ def parse_session(
             parameter="provider" if "provider" in query else "stt_provider",
         )
 
-    encoding = (query.get("encoding") or PROTOCOLS[endpoint].default_encoding).lower()
+    encoding = (query.get("encoding") or entry.default_encoding).lower()
     if encoding not in RAW_ENCODINGS and encoding not in CONTAINER_ENCODINGS:
         names = ", ".join(sorted(RAW_ENCODINGS | CONTAINER_ENCODINGS))
         raise RequestError(f"unknown encoding {encoding!r}; one of: {names}", parameter="encoding")
     sample_rate = _int(query, "sample_rate", None, 1_000, MAX_SAMPLE_RATE)
+    if sample_rate is None and encoding == entry.default_encoding:
+        sample_rate = entry.default_sample_rate
     if sample_rate is None and encoding in RAW_ENCODINGS:
         sample_rate = 8_000 if encoding in ("mulaw", "alaw") else 16_000
     channels = _int(query, "channels", 1, 1, MAX_CHANNELS)
@@ -109,7 +116,7 @@ def parse_session(
         raise RequestError(f"invalid language tag {language!r}", parameter="language")
 
     endpointing = _endpointing(query, defaults.endpointing_ms)
-    model = query.get("model") or None
+    model = (query.get("model") or None) if entry.model_in_query else None
     if model is not None and (len(model) > 100 or not all(c.isalnum() or c in "-_.:" for c in model)):
         raise RequestError(f"invalid model name {model!r}", parameter="model")
 
@@ -124,7 +131,8 @@ def parse_session(
         words=_bool(query, "words", defaults.words),
         endpointing_ms=endpointing,
         model=model,
-        ignored_params=tuple(sorted(set(query) - _KNOWN)),
+        ignored_params=tuple(sorted(set(query) - _KNOWN - set(entry.required_query)
+                                    - (set() if entry.model_in_query else {"model"}))),
         utterance_end_ms=_int(query, "utterance_end_ms", 0, 0, 60_000) or 0,
         vad_events=_bool(query, "vad_events", False),
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +32,7 @@ from .config import LimitsConfig
 from .errors import AudioError, ProtocolError, ProviderError, SttServerError
 from .handshake import SessionContext
 from .metrics import AudioClock, Metrics, SessionMetrics
-from .protocols import AudioIn, CloseStream, Finalize, KeepAlive, SetAudioFormat, WireProtocol
+from .protocols import AudioIn, CloseStream, Finalize, KeepAlive, Reconfigure, SetAudioFormat, WireProtocol
 from .providers import Provider, TranscriptionStream
 from .results import Result
 from .session_state import DRAIN_REASON, SessionState, Stop
@@ -98,6 +98,7 @@ class SessionRunner:
         self._handled = 0
         self._handled_event = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
+        self._stream: TranscriptionStream | None = None  # set in _run(); a Reconfigure replaces it
 
     def drain(self) -> None:
         """Graceful shutdown: stop reading, transcribe what came, send finals, close 1001."""
@@ -126,9 +127,8 @@ class SessionRunner:
         self.log.info("session opened", encoding=params.audio.encoding, language=params.language,
                       endpoint=params.endpoint.value)
         await self._send(self.protocol.opening(self._metadata()))
-        sender = asyncio.create_task(self._send_results(stream), name=f"results-{self.context.session_id}")
-        self._sender = sender
-        sender.add_done_callback(lambda _task: self._handled_event.set())
+        self._stream = stream
+        self._start_sender(stream)
         client_gone = cut = False
         audio_error: AudioError | None = None
         try:
@@ -139,7 +139,7 @@ class SessionRunner:
             # After bad bytes, what decoded before them is still transcribed: its finals go
             # out first, then the Error, then the close.
             try:
-                await self._feed(stream, await self._decoder.finish(), time.monotonic())
+                await self._feed(self._stream, await self._decoder.finish(), time.monotonic())
             except AudioError as error:
                 audio_error = audio_error or error
             if audio_error is not None:
@@ -154,6 +154,8 @@ class SessionRunner:
             raise
         finally:
             self._decoder.close()
+            stream, sender = self._stream, self._sender  # a Reconfigure may have replaced them
+            assert sender is not None
             if cut:
                 await self._cut(stream)
                 sender.cancel()
@@ -168,6 +170,35 @@ class SessionRunner:
             await self._close_connection(close.code, close.reason)
         self.log.info("session closed", close_code=self.connection.close_code or close.code, reason=close.reason,
                       client_gone=client_gone, **self.stats.summary())
+
+    def _start_sender(self, stream: TranscriptionStream) -> None:
+        sender = asyncio.create_task(self._send_results(stream), name=f"results-{self.context.session_id}")
+        self._sender = sender
+        sender.add_done_callback(lambda _task: self._handled_event.set())
+
+    async def _reconfigure(self, stream: TranscriptionStream, event: Reconfigure) -> TranscriptionStream:
+        """New engine settings (OpenAI's session.update): a fresh stream, while no audio has come.
+        Raises SttServerError when the engine cannot serve them; the session goes on as it was."""
+        params = self.context.params
+        changed = replace(params, language=event.language or params.language,
+                          endpointing_ms=params.endpointing_ms if event.endpointing_ms is None
+                          else event.endpointing_ms)
+        if changed == params:
+            return stream
+        if self.stats.bytes_in:
+            raise ProtocolError("the language and turn detection can change only before the first audio; "
+                                "open a new session to change them", code="session_update_after_audio")
+        self.provider.check_session(changed)
+        fresh = self.provider.open_stream(changed, self.stream_format)
+        old_sender = self._sender
+        await stream.close()  # it has had no audio: it ends at once, with no results
+        if old_sender is not None:
+            await old_sender
+        self.context = replace(self.context, params=changed)
+        self._stream = fresh
+        self._start_sender(fresh)
+        self.log.info("session reconfigured", language=changed.language, endpointing_ms=changed.endpointing_ms)
+        return fresh
 
     async def _close_connection(self, code: int, reason: str) -> None:
         """Close, dropping whatever the client still sends meanwhile: the reader stopped (a
@@ -222,7 +253,13 @@ class SessionRunner:
                         return False
                     elif isinstance(event, KeepAlive):
                         self.state.activity(arrived)
-                    elif isinstance(event, SetAudioFormat):  # named in-band (vosk, WhisperLive)
+                    elif isinstance(event, Reconfigure):
+                        try:
+                            stream = await self._reconfigure(stream, event)
+                        except SttServerError as error:  # the rest of this message is not applied
+                            await self._report(error)
+                            break
+                    elif isinstance(event, SetAudioFormat):  # named in-band (vosk, WhisperLive, OpenAI)
                         await self._feed(stream, await self._decoder.finish(), arrived)
                         self._decoder.close()
                         self._decoder = open_decoder(event.audio, self.stream_format)

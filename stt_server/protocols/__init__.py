@@ -6,6 +6,16 @@ Which protocol a path speaks is one dict, :data:`registry.PROTOCOLS`.
 
 from __future__ import annotations
 
-from .events import AudioIn, ClientEvent, CloseStream, Finalize, KeepAlive, SetAudioFormat, WireProtocol
+from .events import (
+    AudioIn,
+    ClientEvent,
+    CloseStream,
+    Finalize,
+    KeepAlive,
+    Reconfigure,
+    SetAudioFormat,
+    WireProtocol,
+)
 
-__all__ = ["AudioIn", "ClientEvent", "CloseStream", "Finalize", "KeepAlive", "SetAudioFormat", "WireProtocol"]
+__all__ = ["AudioIn", "ClientEvent", "CloseStream", "Finalize", "KeepAlive", "Reconfigure", "SetAudioFormat",
+           "WireProtocol"]

@@ -46,7 +46,17 @@ class SetAudioFormat:
     audio: AudioFormat
 
 
-ClientEvent = AudioIn | KeepAlive | Finalize | CloseStream | SetAudioFormat
+@dataclass(frozen=True)
+class Reconfigure:
+    """The client changed the engine's settings after the upgrade (OpenAI's ``session.update``).
+    None leaves a setting as it is. The runner applies it only before the first audio: a
+    stream's engine settings are fixed once it has audio."""
+
+    language: str | None = None
+    endpointing_ms: int | None = None
+
+
+ClientEvent = AudioIn | KeepAlive | Finalize | CloseStream | SetAudioFormat | Reconfigure
 
 
 class WireProtocol(ABC):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -26,14 +26,22 @@ class Endpoint(str, Enum):
     NATIVE = "native"  # /v1/listen, Deepgram's live API
     SEED = "seed"  # /ws/transcription/, the Django design's protocol
     ROOT = "root"  # /, vosk-server's protocol or WhisperLive's, told apart by the first message
+    OPENAI = "openai"  # /v1/realtime?intent=transcription, OpenAI's Realtime API
 
 
 @dataclass(frozen=True)
 class ProtocolEntry:
     path: str  # without a trailing slash; requests may add one
     import_string: str  # "module:Class"
-    # The audio a client sends when its URL names no encoding.
+    # The audio a client sends when its URL names no encoding (and no rate: None, the
+    # encoding's usual one).
     default_encoding: str = "linear16"
+    default_sample_rate: int | None = None
+    # Query parameters the URL must carry, and their values.
+    required_query: Mapping[str, str] = field(default_factory=dict)
+    # Whether the URL's ``model`` names one of this server's models; False: it names the peer
+    # service's model (OpenAI's), which says nothing about the engine here, and is ignored.
+    model_in_query: bool = True
 
 
 PROTOCOLS: Mapping[Endpoint, ProtocolEntry] = {
@@ -41,6 +49,9 @@ PROTOCOLS: Mapping[Endpoint, ProtocolEntry] = {
     # The seed's browser sends WebM or Ogg: detect the container from the first bytes.
     Endpoint.SEED: ProtocolEntry("/ws/transcription", "stt_server.protocols.seed:SeedProtocol", "auto"),
     Endpoint.ROOT: ProtocolEntry("/", "stt_server.protocols.root:RootProtocol"),
+    Endpoint.OPENAI: ProtocolEntry("/v1/realtime", "stt_server.protocols.openai_realtime:OpenAIRealtimeProtocol",
+                                   default_sample_rate=24_000, required_query={"intent": "transcription"},
+                                   model_in_query=False),
 }
 
 ENDPOINT_PATHS: Mapping[str, Endpoint] = {entry.path: endpoint for endpoint, entry in PROTOCOLS.items()}
