@@ -323,3 +323,12 @@ def test_an_unmarked_command_that_fails_is_caught(tmp_path: Path, docs_server: D
     result = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", docs_server.script(unmarked)], cwd=REPO,
                             env=docs_server.env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
+
+
+def test_every_metric_family_is_in_the_operations_table() -> None:
+    from stt_server.metrics import Metrics
+
+    table = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
+    names = [family.name + ("_total" if family.type == "counter" else "") for family in Metrics().registry.collect()]
+    missing = [name for name in names if f"| `{name}` |" not in table]
+    assert names and not missing, f"docs/operations.md's metrics table lacks: {missing}"
