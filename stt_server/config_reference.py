@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .config import BUILTIN_PROVIDER_DEFAULTS, Config
-from .reload import _restart_only
+from .reload import restart_only
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
 # Top-level fields of Config that are not sections a file sets.
@@ -120,45 +120,57 @@ def _render_default(value: Any) -> str:
     return "`" + json.dumps(value) + "`"
 
 
-def _leaves(cls: type, prefix: str) -> Iterator[tuple[str, Any, dataclasses.Field[Any]]]:
-    """(dotted key, type hint, field) of each leaf field; nested dataclasses are walked."""
+def _instance(cls: type) -> Any:
+    """``cls()`` with every default, or None when a field has none."""
+    try:
+        return cls()
+    except TypeError:
+        return None
+
+
+def _leaves(cls: type, value: Any, prefix: str, comments: Comments) -> Iterator[Key]:
+    """Each leaf field of dataclass ``cls`` as a Key, its default read from ``value`` (an
+    instance with the defaults in force, or None); nested dataclasses are walked."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
         dotted = f"{prefix}.{f.name}"
         hint = hints[f.name]
+        default = getattr(value, f.name) if value is not None else _default(f)
         if dataclasses.is_dataclass(hint):
-            yield from _leaves(typing.cast(type, hint), dotted)
+            yield from _leaves(typing.cast(type, hint), default if default is not dataclasses.MISSING else None,
+                               dotted, comments)
         else:
-            yield dotted, hint, f
+            yield _key(dotted, hint, default, comments)
 
 
 def _key(dotted: str, hint: Any, default: Any, comments: Comments) -> Key:
     return Key(dotted, _type_name(hint), _render_default(default),
-               "restart" if _restart_only(dotted) else "yes", comments.by_key.get(dotted, ()))
+               "restart" if restart_only(dotted) else "yes", comments.by_key.get(dotted, ()))
 
 
 def sections(comments: Comments, config_cls: type = Config) -> list[tuple[str, list[Key]]]:
     """Each section of the config file with its keys, in the schema's order; providers last."""
     result: list[tuple[str, list[Key]]] = []
     hints = typing.get_type_hints(config_cls)
+    defaults = _instance(config_cls)
     loose: list[Key] = []
     for f in dataclasses.fields(config_cls):
         if f.name in _NOT_KEYS:
             continue
         hint = hints[f.name]
+        default = getattr(defaults, f.name) if defaults is not None else _default(f)
         if dataclasses.is_dataclass(hint):
-            result.append((f.name, [_key(dotted, h, _default(leaf), comments)
-                                    for dotted, h, leaf in _leaves(typing.cast(type, hint), f.name)]))
+            result.append((f.name, list(_leaves(typing.cast(type, hint), default, f.name, comments))))
         else:
-            loose.append(_key(f.name, hint, _default(f), comments))
+            loose.append(_key(f.name, hint, default, comments))
     if loose:
         result.insert(0, ("(top level)", loose))
     for name, options in provider_options():
         section = f"providers.{name}"
         keys = [_key(f"{section}.enabled", bool, BUILTIN_PROVIDER_DEFAULTS.get(name, True), comments)]
-        keys += [_key(dotted, h, _default(leaf), comments) for dotted, h, leaf in _leaves(options, section)]
+        keys += _leaves(options, _instance(options), section, comments)
         result.append((section, keys))
     return result
 
@@ -263,8 +275,12 @@ def render(config_text: str, config_cls: type = Config) -> str:
     return "\n".join(out)
 
 
-def main() -> None:
-    sys.stdout.write(render(REPO_CONFIG.read_text(encoding="utf-8")))
+def main(argv: list[str] | None = None) -> None:
+    """``python -m stt_server.config_reference [CONFIG_YAML]``: the reference on stdout, from
+    the repository's config.yaml unless another file is named."""
+    args = sys.argv[1:] if argv is None else argv
+    path = Path(args[0]) if args else REPO_CONFIG
+    sys.stdout.write(render(path.read_text(encoding="utf-8")))
 
 
 if __name__ == "__main__":
