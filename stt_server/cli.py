@@ -28,8 +28,8 @@ from .tokens import TokenStore, add_token, ensure_token_file, parse_token_file, 
 if TYPE_CHECKING:
     from .server import WorkerSetup
 
-# Exit statuses (README, "Exit statuses"): systemd's RestartPreventExitStatus can name the
-# ones a restart cannot cure.
+# Exit statuses (docs/operations.md, "Start-up, configuration and exit statuses"): systemd's
+# RestartPreventExitStatus can name the ones a restart cannot cure.
 EXIT_OK = 0
 EXIT_FAILURE = 1  # an engine failed to start, or a command failed
 EXIT_CONFIG = 2  # invalid configuration: the message names the file and the key

@@ -25,7 +25,7 @@ import websockets
 
 CHUNK_SECONDS = 0.25
 
-# Exit codes (the README's client section lists them): scripts can tell "fix the request"
+# Exit codes (docs/clients.md, "`stt-client`", lists them): scripts can tell "fix the request"
 # from "try again later".
 EXIT_OK = 0          # every final received, normal close
 EXIT_SESSION = 1     # the session ended with an error: an Error message or an abnormal close

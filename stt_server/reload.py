@@ -44,7 +44,9 @@ def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix]
 
 
-def _restart_only(key: str) -> bool:
+def restart_only(key: str) -> bool:
+    """Whether a SIGHUP leaves the dotted ``key`` at its running value (the configuration
+    reference's SIGHUP column)."""
     return any(key == rule or key.startswith(rule + ".") for rule in RESTART_ONLY)
 
 
@@ -63,8 +65,8 @@ def _get(config: Any, dotted: str) -> Any:
 
 def plan_reload(old: Config, new: Config) -> ReloadPlan:
     changed = changed_keys(old, new)
-    applied = tuple(k for k in changed if not _restart_only(k))
-    kept = tuple(k for k in changed if _restart_only(k))
+    applied = tuple(k for k in changed if not restart_only(k))
+    kept = tuple(k for k in changed if restart_only(k))
     config = new
     for key in kept:
         config = _with(config, key, _get(old, key))

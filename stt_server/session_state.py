@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from .config import LimitsConfig
 from .errors import SttServerError
 
-# Close codes (RFC 6455 and the registry): documented in the README's protocol section.
+# Close codes (RFC 6455 and the registry): documented in docs/protocols.md and docs/operations.md.
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001  # the server is draining for shutdown
 CLOSE_POLICY = 1008  # bad audio, as Deepgram does; the session's maximum duration

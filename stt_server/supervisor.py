@@ -10,7 +10,7 @@ The supervisor forwards SIGTERM/SIGINT (drain) and SIGHUP (reload) to every work
 that exits when no stop was asked for is logged and restarted after a backoff
 (:class:`RestartPolicy`, pure); a dead worker's leases are freed at once.
 
-Exit codes (documented in the README): 0 stopped by a signal and every worker drained and
+Exit codes (documented in docs/operations.md, "Scaling out"): 0 stopped by a signal and every worker drained and
 exited 0; 1 a worker did not exit 0 while stopping; 3 a worker kept failing (at start or
 soon after: the restart policy gave up, the others were drained); 128+N a second stop
 signal N (workers exit at once).

@@ -187,7 +187,7 @@ def test_kiosk_mode_survives_a_server_restart(tmp_path: Path) -> None:
     token = live.tokens["alice"]
     mic = write_mic_wav(tmp_path / "jfk-mic.wav", tail_s=2.0)
     second = None
-    # A kiosk browser is started with autoplay allowed (README): audio runs without a click.
+    # A kiosk browser is started with autoplay allowed (docs/clients.md): audio runs without a click.
     with chromium(mic, tmp_path / "profile", loop=True,
                   extra_flags=("--autoplay-policy=no-user-gesture-required",)) as driver:
         try:
