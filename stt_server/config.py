@@ -257,6 +257,12 @@ class OpenAIRealtimeConfig:
     """OpenAI's Realtime API, transcription sessions, at /v1/realtime?intent=transcription."""
 
     enabled: bool = True
+    # limits.idle_timeout_seconds for these sessions: OpenAI's clients send no keep-alive, and
+    # a push-to-talk client sends nothing between turns (0 = never).
+    idle_timeout_seconds: float = 300.0
+
+    def __post_init__(self) -> None:
+        _check(self.idle_timeout_seconds >= 0, "openai_realtime.idle_timeout_seconds", "must be 0 (never) or positive")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import json
 import os
 import ssl
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlencode
@@ -30,7 +30,7 @@ from websockets.typing import Subprotocol
 from . import providers as provider_registry
 from . import web
 from .cluster import LeaseRequest, session_leases
-from .config import Config
+from .config import Config, LimitsConfig
 from .errors import (
     AuthError,
     CapacityError,
@@ -577,7 +577,7 @@ class SttServer:
             runner = SessionRunner(session_connection, context, protocol_for(context.params),
                                    self.providers[context.params.provider], logger=self.log,
                                    on_result=self._on_result if self.journal is not None else None,
-                                   limits=self.config.limits,
+                                   limits=self._session_limits(context),
                                    metrics=self.metrics.session(context.params.provider,
                                                               context.params.endpoint.value))
             task = asyncio.current_task()
@@ -595,6 +595,11 @@ class SttServer:
         finally:
             self._runners.pop(connection, None)
             await self._release(connection)
+
+    def _session_limits(self, context: SessionContext) -> LimitsConfig:
+        if context.params.endpoint is Endpoint.OPENAI:
+            return replace(self.config.limits, idle_timeout_seconds=self.config.openai_realtime.idle_timeout_seconds)
+        return self.config.limits
 
     async def _release_when_closed(self, connection: ServerConnection) -> None:
         await connection.wait_closed()

@@ -381,3 +381,14 @@ async def test_drain_completes_every_item_sent_before_it(make_server, tmp_path) 
     assert due >= 10 and errors <= max(1, round(clip.max_wer * due)), run.text
     assert not run.of_type("error")
     assert run.events[-1]["type"] == COMPLETED  # the item under way, committed at the close
+
+
+async def test_openai_sessions_have_their_own_idle_timeout(make_server) -> None:
+    """openai_realtime.idle_timeout_seconds, not limits.idle_timeout_seconds, closes them."""
+    live = make_server({"openai_realtime": {"idle_timeout_seconds": 1}, "limits": {"idle_timeout_seconds": 60}})
+    url = f"{live.base_url}/v1/realtime?intent=transcription"
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {live.tokens['alice']}"}) as ws:
+        assert json.loads(await ws.recv())["type"] == "session.created"
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 10)
+    assert ws.close_code == 1011 and "idle_timeout" in (ws.close_reason or "")
