@@ -35,7 +35,6 @@ from .errors import (
     AuthError,
     CapacityError,
     ConfigError,
-    ForbiddenError,
     ListenError,
     ProviderError,
     SttServerError,
@@ -45,14 +44,12 @@ from .handshake import (
     TOKEN_SUBPROTOCOL,
     SessionContext,
     accept_session,
-    error_body,
-    offered_subprotocols,
     path_for_log,
-    token_from_request,
 )
+from .http_routes import RETRY_AFTER_SECONDS, HttpRoutes, error_response, json_response
 from .journal import Journal, final_record
 from .logs import get_logger, set_level
-from .metrics import CONTENT_TYPE, Metrics
+from .metrics import Metrics
 from .protocols.registry import protocol_for
 from .protocols.root import refusal, whisperlive_options
 from .providers import Provider
@@ -62,8 +59,6 @@ from .session import Endpoint, endpoint_for_path
 from .session_runner import DRAIN_REASON, SessionRunner
 from .tokens import TokenReload, TokenStore
 
-# Seconds a refused client is asked to wait before retrying (503 over capacity or draining).
-RETRY_AFTER_SECONDS = 5
 # Frames read ahead of a session (websockets' max_queue); see backpressure in session_runner.
 READ_AHEAD_FRAMES = 4
 # Part of the drain timeout kept for closing connections and stopping engines.
@@ -89,24 +84,6 @@ class ReplayConnection:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._connection, name)
-
-
-def json_response(status: http.HTTPStatus, body: bytes, extra: Mapping[str, str] | None = None,
-                  content_type: str = "application/json") -> Response:
-    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
-                       ("Connection", "close"), *(extra or {}).items()])
-    return Response(status.value, status.phrase, headers, body)
-
-
-def file_response(page: web.StaticFile) -> Response:
-    headers = Headers([*page.headers().items(), ("Content-Length", str(len(page.body))), ("Connection", "close")])
-    return Response(http.HTTPStatus.OK.value, http.HTTPStatus.OK.phrase, headers, page.body)
-
-
-def error_response(error: SttServerError) -> Response:
-    retry_after = (error.retry_after if isinstance(error, CapacityError) else None) or RETRY_AFTER_SECONDS
-    extra = {"Retry-After": str(retry_after)} if error.http_status == 503 else None
-    return json_response(http.HTTPStatus(error.http_status), error_body(error), extra)
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
@@ -160,6 +137,7 @@ class SttServer:
         self._background: set[asyncio.Task[Any]] = set()
         self._token_reload: asyncio.Task[None] | None = None
         self._forced_token_refresh: asyncio.Future[None] | None = None
+        self.http = HttpRoutes(self)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -334,20 +312,13 @@ class SttServer:
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
-        if path == "/healthz":
-            return json_response(http.HTTPStatus.OK, b'{"status":"ok"}\n')
-        if path == "/readyz":
-            return self._readiness()
-        page = web.static_file(path)
-        if page is not None and "Upgrade" not in request.headers:
-            return file_response(page)
+        route = self.http.route(request)
+        if route is not None and not route.reads_tokens:
+            return route.answer(connection, request)
         await self.refresh_tokens(wait=TOKEN_RELOAD_WAIT_SECONDS)
         try:
-            if path == web.PROVIDERS_PATH:
-                return self._providers_response(request)
-            if path == "/metrics" and self.config.metrics.enabled:
-                self._check_metrics_access(connection, request)
-                return json_response(http.HTTPStatus.OK, self.metrics.render(), content_type=CONTENT_TYPE)
+            if route is not None:
+                return route.answer(connection, request)
             if self.draining:
                 raise CapacityError("the server is shutting down; retry on another instance",
                                     code="draining")
@@ -429,28 +400,6 @@ class SttServer:
         self._admit(connection, context)
         return context, cast(ServerConnection, ReplayConnection(connection, first))
 
-    def _readiness(self) -> Response:
-        problems = [f"provider {name!r} is not ready" for name, provider in sorted(self.providers.items())
-                    if not provider.is_ready()]
-        missing = set(self.config.enabled_providers()) - set(self.providers)
-        problems += [f"provider {name!r} is not loaded" for name in sorted(missing)]
-        problems += [f"provider {name!r} is behind: {wait:.1f} s of queued audio to transcribe"
-                     for name, wait in self._engines_behind()]
-        if self.draining:
-            problems.append("draining for shutdown")
-        if problems:
-            body = {"status": "not_ready", "reasons": problems}
-            return json_response(http.HTTPStatus.SERVICE_UNAVAILABLE, json.dumps(body).encode() + b"\n")
-        return json_response(http.HTTPStatus.OK, b'{"status":"ready"}\n')
-
-    def _check_metrics_access(self, connection: ServerConnection, request: Request) -> None:
-        address = connection.remote_address[0] if connection.remote_address else ""
-        if not self.config.metrics.allows(address):
-            raise ForbiddenError(f"/metrics is not open to {address}", code="metrics_forbidden")
-        if self.config.metrics.require_token:
-            self.tokens.authenticate(token_from_request(request.path, request.headers,
-                                                        offered_subprotocols(request.headers)))
-
     async def _process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
         # A handshake that failed after process_request accepted it never reaches _handle.
         if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
@@ -462,23 +411,7 @@ class SttServer:
         if context is not None:
             await self.leases.release(context.session_id)
 
-    def _providers_response(self, request: Request) -> Response:
-        """The kiosk page's menu. No token needed; a presented token narrows the list to what
-        it may use, and a bad one gets 401, so the page can say so before connecting."""
-        token = token_from_request(request.path, request.headers, [])
-        allowed = None
-        if token is not None:
-            try:
-                entry = self.tokens.authenticate(token)
-            except SttServerError as error:
-                return error_response(error)
-            allowed = [name for name in self.providers if entry.allows(name)]
-        body = web.providers_body(enabled=self.providers.keys(), default=self.config.server.default_provider,
-                                  language=self.config.session.language, allowed=allowed,
-                                  languages={name: p.languages() for name, p in self.providers.items()})
-        return json_response(http.HTTPStatus.OK, body, {"Cache-Control": "no-store"})
-
-    def _engines_behind(self) -> list[tuple[str, float]]:
+    def engines_behind(self) -> list[tuple[str, float]]:
         """Engines that need longer than limits.max_engine_wait_seconds to clear their queue."""
         limit = self.config.limits.max_engine_wait_seconds
         behind = []
@@ -490,7 +423,7 @@ class SttServer:
 
     def _check_engine_load(self, context: SessionContext) -> None:
         """503 engine_busy while the session's engine is too far behind (before any lease)."""
-        for name, wait in self._engines_behind():
+        for name, wait in self.engines_behind():
             if name == context.params.provider:
                 raise CapacityError(f"the {name} engine is behind ({wait:.0f} s of queued audio to "
                                     "transcribe); retry later", code="engine_busy",
