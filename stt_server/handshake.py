@@ -16,7 +16,8 @@ from websockets.datastructures import Headers
 from . import web
 from .config import Config
 from .errors import ForbiddenError, NotFoundError, RequestError, SttServerError
-from .session import ENDPOINT_PATHS, Endpoint, SessionParams, parse_session, split_target
+from .endpoints import ENDPOINT_PATHS, Endpoint
+from .session import SessionParams, parse_session, split_target
 from .tokens import TokenEntry, TokenTable
 
 # Browsers cannot set headers on a websocket, so a token may come as the subprotocol pair

@@ -31,6 +31,7 @@ from . import providers as provider_registry
 from . import web
 from .cluster import LeaseRequest, session_leases
 from .config import Config, LimitsConfig
+from .endpoints import Endpoint
 from .errors import (
     AuthError,
     CapacityError,
@@ -55,7 +56,7 @@ from .protocols.root import refusal, whisperlive_options
 from .providers import Provider
 from .reload import ReloadPlan, plan_reload
 from .results import Result
-from .session import Endpoint, endpoint_for_path
+from .session import endpoint_for_path
 from .session_runner import DRAIN_REASON, SessionRunner
 from .tokens import TokenReload, TokenStore
 

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 from .audio_format import CONTAINER_ENCODINGS, RAW_ENCODINGS, AudioFormat
 from .config import SessionDefaults
 from .errors import NotFoundError, RequestError
-from .protocols.registry import ENDPOINT_PATHS, PROTOCOLS, Endpoint
+from .endpoints import ENDPOINT_PATHS, ENDPOINTS, Endpoint
 
 
 # Accepted but not acted on: parameters of Deepgram's API that clients commonly send, and the
@@ -86,7 +86,7 @@ def parse_session(
     """Parse a request target into :class:`SessionParams`, or raise a 400/404 error."""
     path, query = split_target(target)
     endpoint = endpoint_for_path(path)
-    entry = PROTOCOLS[endpoint]
+    entry = ENDPOINTS[endpoint]
     for name, value in entry.required_query.items():
         if query.get(name) != value:
             raise RequestError(f"{entry.path} serves {name}={value} sessions only; add ?{name}={value} to the URL",
