@@ -11,8 +11,10 @@ children are bound once per session, so counting a frame is a dict-free incremen
 from __future__ import annotations
 
 import bisect
+import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -22,7 +24,7 @@ from .results import Result
 if TYPE_CHECKING:
     from .providers.scheduler import SchedulerStats
 
-__all__ = ["CONTENT_TYPE", "AudioClock", "Metrics", "SessionMetrics"]
+__all__ = ["CONTENT_TYPE", "AudioClock", "Metrics", "SessionMetrics", "SessionStats"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Result latency and engine calls: from well under a second (PCM, idle box) to the 30 s
@@ -136,13 +138,37 @@ class Metrics:
         self.engine_hung_calls.labels(provider).set_function(read("hung_calls"))
 
 
+@dataclass
+class SessionStats:
+    """One session's counts, for its closing log line; SessionMetrics keeps them with /metrics."""
+
+    started: float = field(default_factory=time.monotonic)
+    frames_in: int = 0
+    bytes_in: int = 0
+    audio_seconds: float = 0.0
+    results_out: int = 0
+    finals_out: int = 0
+    errors_out: int = 0
+    # Time the reader spent held back by backpressure, and audio that was never transcribed.
+    held_seconds: float = 0.0
+    untranscribed_seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {"duration_s": round(time.monotonic() - self.started, 3), "audio_s": round(self.audio_seconds, 3),
+                "frames_in": self.frames_in, "bytes_in": self.bytes_in, "results": self.results_out,
+                "finals": self.finals_out, "errors": self.errors_out, "held_s": round(self.held_seconds, 3),
+                "untranscribed_s": round(self.untranscribed_seconds, 3)}
+
+
 class SessionMetrics:
-    """One session's view: label children bound once."""
+    """One session's view: label children bound once, and the session's own counts
+    (:attr:`stats`), so each event is counted in one place."""
 
     def __init__(self, metrics: Metrics, provider: str, protocol: str) -> None:
         self._metrics = metrics
         self.provider = provider
         self.protocol = protocol
+        self.stats = SessionStats()
         self._active = metrics.sessions_active.labels(provider, protocol)
         self._audio_seconds = metrics.audio_seconds.labels(provider)
         self._audio_bytes = metrics.audio_bytes.labels(provider)
@@ -161,12 +187,15 @@ class SessionMetrics:
         self._metrics.sessions_closed.labels(self.provider, self.protocol, str(code)).inc()
 
     def message(self) -> None:
+        self.stats.frames_in += 1
         self._messages.inc()
 
     def audio(self, nbytes: int) -> None:
+        self.stats.bytes_in += nbytes
         self._audio_bytes.inc(nbytes)
 
     def audio_seconds(self, seconds: float) -> None:
+        self.stats.audio_seconds += seconds
         self._audio_seconds.inc(seconds)
 
     def loop_cut(self, result: Result) -> None:
@@ -175,20 +204,25 @@ class SessionMetrics:
         self._metrics.loop_words_removed.labels(self.provider, kind).inc(result.loop_words_removed)
 
     def result_sent(self, result: Result, latency: float | None) -> None:
+        self.stats.results_out += 1
+        self.stats.finals_out += result.is_final
         self._results[result.is_final].inc()
         if latency is not None:
             self._latency[result.is_final].observe(latency)
 
     def error(self, code: str) -> None:
+        self.stats.errors_out += 1
         self._metrics.errors.labels(code).inc()
 
     def decode_error(self) -> None:
         self._metrics.decode_errors.labels(self.provider).inc()
 
     def held(self, seconds: float) -> None:
+        self.stats.held_seconds += seconds
         self._metrics.held_seconds.labels(self.provider).inc(seconds)
 
     def untranscribed(self, seconds: float) -> None:
+        self.stats.untranscribed_seconds += seconds
         self._metrics.untranscribed_seconds.labels(self.provider).inc(seconds)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,7 +31,7 @@ from .audio_format import PCM16, AudioFormat
 from .config import LimitsConfig
 from .errors import AudioError, ProtocolError, ProviderError, SttServerError
 from .handshake import SessionContext
-from .metrics import AudioClock, Metrics, SessionMetrics
+from .metrics import AudioClock, Metrics, SessionMetrics, SessionStats
 from .protocols import AudioIn, CloseStream, Finalize, KeepAlive, Reconfigure, SetAudioFormat, WireProtocol
 from .providers import Provider, TranscriptionStream
 from .results import Result
@@ -40,26 +40,6 @@ from .session_state import DRAIN_REASON, SessionState, Stop
 __all__ = ["DRAIN_REASON", "SessionRunner", "SessionStats"]
 
 DEFAULT_LIMITS = LimitsConfig()
-
-
-@dataclass
-class SessionStats:
-    started: float = field(default_factory=time.monotonic)
-    frames_in: int = 0
-    bytes_in: int = 0
-    audio_seconds: float = 0.0
-    results_out: int = 0
-    finals_out: int = 0
-    errors_out: int = 0
-    # Time the reader spent held back by backpressure, and audio that was never transcribed.
-    held_seconds: float = 0.0
-    untranscribed_seconds: float = 0.0
-
-    def summary(self) -> dict[str, Any]:
-        return {"duration_s": round(time.monotonic() - self.started, 3), "audio_s": round(self.audio_seconds, 3),
-                "frames_in": self.frames_in, "bytes_in": self.bytes_in, "results": self.results_out,
-                "finals": self.finals_out, "errors": self.errors_out, "held_s": round(self.held_seconds, 3),
-                "untranscribed_s": round(self.untranscribed_seconds, 3)}
 
 
 class SessionRunner:
@@ -85,7 +65,7 @@ class SessionRunner:
         # A server passes its own; alone (in a unit test, say) a runner counts into a private registry.
         self.metrics = metrics or Metrics().session(context.params.provider,
                                                     context.params.endpoint.value)
-        self.stats = SessionStats()
+        self.stats = self.metrics.stats  # counted once, for the log line and for /metrics
         self.stream_format: AudioFormat = provider.input_format(context.params.audio)
         # Every decision about how the session ends lives in the pure state machine.
         self.state = SessionState(limits, self.stats.started)
@@ -228,7 +208,6 @@ class SessionRunner:
                         self.log.info("stopped reading", why=frame.value, reason=close.reason)
                     return False
                 arrived = time.monotonic()
-                self.stats.frames_in += 1
                 self.metrics.message()
                 if isinstance(frame, str) and not self.state.text_frame(len(frame)):
                     return False
@@ -240,7 +219,6 @@ class SessionRunner:
                 for event in events:
                     if isinstance(event, AudioIn):
                         self.state.activity(arrived)
-                        self.stats.bytes_in += len(event.data)
                         self.metrics.audio(len(event.data))
                         if not await self._decode_and_feed(stream, event.data, arrived):
                             break
@@ -303,7 +281,6 @@ class SessionRunner:
         if not limit or stream.backlog_seconds() <= limit or self.state.drain_answered_at is not None:
             return
         waited = await stream.wait_for_room(limit)
-        self.stats.held_seconds += waited
         self.metrics.held(waited)
         self.state.held(time.monotonic())
 
@@ -365,9 +342,8 @@ class SessionRunner:
             return
         if self.stream_format.encoding == PCM16 and self.stream_format.sample_rate:
             seconds = len(audio) / (2 * self.stream_format.sample_rate * self.stream_format.channels)
-            self.stats.audio_seconds += seconds
-            self._clock.received(self.stats.audio_seconds, arrived)
             self.metrics.audio_seconds(seconds)
+            self._clock.received(self.stats.audio_seconds, arrived)
         await stream.send_audio(audio)
 
     async def _finish_stream(self, stream: TranscriptionStream, sender: asyncio.Task[None]) -> None:
@@ -408,7 +384,6 @@ class SessionRunner:
         seconds = stream.untranscribed_seconds()
         if seconds > 0:
             self.state.lost(seconds)
-            self.stats.untranscribed_seconds += seconds
             self.metrics.untranscribed(seconds)
             self.log.warning("audio not transcribed", seconds=round(seconds, 3), reason=why)
         return seconds
@@ -424,8 +399,6 @@ class SessionRunner:
                 if self.on_result is not None:
                     await self.on_result(self.context, result)
                 if result.is_final or interim:
-                    self.stats.results_out += 1
-                    self.stats.finals_out += result.is_final
                     await self._send(self.protocol.result(result))
                     self._observe(result)
                 self._handled += 1
@@ -453,7 +426,6 @@ class SessionRunner:
             self._clock.forget_before(result.end)
 
     async def _report(self, error: SttServerError) -> None:
-        self.stats.errors_out += 1
         self.metrics.error(error.code)
         await self._send(self.protocol.error(error))
 
