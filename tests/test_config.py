@@ -46,6 +46,8 @@ def test_config_is_frozen() -> None:
         ({"providers": {"whisper": {"enabled": "maybe"}}}, "providers.whisper.enabled"),
         ({"server": {"default_provider": "null"}}, "server.default_provider"),
         ({"server": []}, "server: expected a mapping"),
+        ({"openai_realtime": {"enabled": "sometimes"}}, "openai_realtime.enabled: expected true or false"),
+        ({"openai_realtime": {"idle_timeout_seconds": -1}}, "openai_realtime.idle_timeout_seconds: must be 0"),
     ],
 )
 def test_bad_values_name_key_and_file(data: dict, needle: str) -> None:
