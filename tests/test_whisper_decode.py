@@ -22,8 +22,8 @@ from stt_server.providers.whisper_decode import (
     DecodeRequest,
     DecodeSettings,
     decode_batch,
-    decode_full_window,
 )
+from stt_server.providers.whisper_full_window import decode_full_window
 
 # The guard: the short window may not cost more than half a WER point.
 MAX_WER_RISE = 0.005

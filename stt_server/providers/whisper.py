@@ -29,7 +29,8 @@ from . import whisper_models
 from .base import Provider, TranscriptionStream
 from .scheduler import EngineScheduler, Lane, SchedulerStats
 from .toolkit import match_language
-from .whisper_decode import MAX_BATCH, Decoded, DecodeRequest, DecodeSettings, decode_batch, decode_full_window
+from .whisper_decode import MAX_BATCH, Decoded, DecodeRequest, DecodeSettings, decode_batch
+from .whisper_full_window import decode_full_window
 from .whisper_options import WhisperOptions
 from .whisper_stream import ModelJob, WhisperStream
 
