@@ -105,7 +105,6 @@ def worker_main(commands: Connection, replies: Connection, decoder_config: dict[
                 return
 
 
-
 class WorkerClient(Protocol):
     """A stream as its worker sees it (:class:`~.pocketsphinx_stream.PocketsphinxStream`)."""
 
