@@ -35,8 +35,8 @@ from stt_server.providers.whisper_decode import (  # noqa: E402
     DecodeRequest,
     DecodeSettings,
     decode_batch,
-    decode_full_window,
 )
+from stt_server.providers.whisper_full_window import decode_full_window  # noqa: E402
 
 
 def load_model() -> object:

@@ -21,17 +21,10 @@ from stt_server.config import build
 from stt_server.errors import ConfigError, ProviderError, RequestError
 from stt_server.providers import whisper as whisper_module
 from stt_server.providers.base import TranscriptionStream
-from stt_server.providers.whisper import (
-    Cut,
-    Decoded,
-    DecodeRequest,
-    Segmenter,
-    WhisperOptions,
-    WhisperProvider,
-    decode_batch,
-    make_result,
-    whisper_language,
-)
+from stt_server.providers.segmenter import Cut, Segmenter
+from stt_server.providers.whisper import WhisperOptions, WhisperProvider, whisper_language
+from stt_server.providers.whisper_decode import Decoded, DecodeRequest, decode_batch
+from stt_server.providers.whisper_stream import make_result
 from stt_server.results import Result, Word
 from stt_server.session import Endpoint, SessionParams
 

@@ -22,8 +22,8 @@ from stt_server.providers.whisper_decode import (
     DecodeRequest,
     DecodeSettings,
     decode_batch,
-    decode_full_window,
 )
+from stt_server.providers.whisper_full_window import decode_full_window
 
 # The issue's guard: the short window may not cost more than half a WER point.
 MAX_WER_RISE = 0.005
@@ -193,13 +193,13 @@ def test_multilingual_model_detects_the_language(multilingual_model: object, tmp
 
 def keys_of(text: str) -> list[str]:
     """Words as the guard sees them: punctuation marks are words of their own, with key ""."""
-    from stt_server.providers.whisper_decode import _word_key
+    from stt_server.providers.whisper_loop_guard import _word_key
 
     return [_word_key(word) for word in text.replace(",", " ,").replace(".", " .").split()]
 
 
 def test_repetitions_are_words_equal_to_the_words_a_period_before() -> None:
-    from stt_server.providers.whisper_decode import Repetition, repetitions
+    from stt_server.providers.whisper_loop_guard import Repetition, repetitions
 
     # Indexes count spoken words; punctuation is skipped.
     assert repetitions(keys_of("And so my fellow Americans . And so my fellow Americans .")) == [Repetition(5, 5, 10)]
@@ -223,7 +223,7 @@ def spans_for(keys: list[str], seconds: list[float]) -> list[tuple[float, float]
 
 
 def test_a_copy_the_audio_holds_is_kept() -> None:
-    from stt_server.providers.whisper_decode import unspoken_repeats
+    from stt_server.providers.whisper_loop_guard import unspoken_repeats
 
     keys = keys_of("Yes . Yes . Yes , that is right .")
     assert unspoken_repeats(keys, spans_for(keys, [0.4] * 6), audio_seconds=3.0) == set()
@@ -232,7 +232,7 @@ def test_a_copy_the_audio_holds_is_kept() -> None:
 
 
 def test_a_copy_the_alignment_finds_no_audio_for_is_removed() -> None:
-    from stt_server.providers.whisper_decode import unspoken_repeats
+    from stt_server.providers.whisper_loop_guard import unspoken_repeats
 
     # jfk's first phrase as tiny.en loops on it: the copy's words pile up at 2.36 s.
     keys = keys_of("And so my fellow Americans . And so my fellow Americans .")
@@ -259,7 +259,7 @@ def test_a_copy_the_alignment_finds_no_audio_for_is_removed() -> None:
 
 
 def test_in_doubt_the_words_stay() -> None:
-    from stt_server.providers.whisper_decode import unspoken_repeats
+    from stt_server.providers.whisper_loop_guard import unspoken_repeats
 
     # One word that aligned to nothing inside speech ("that that") is not proof of a loop.
     keys = keys_of("I know that that is true .")

@@ -21,14 +21,14 @@ CTranslate2 model (``model.model``) is called directly:
   phrase) are judged by the model and the audio, never by what the words look like: speech
   repeats itself ("it was the best of times, it was the worst of times"; "yes. yes."). A copy
   that repeats the words right before it is removed only when the cross-attention alignment
-  finds no audio for it (see :func:`unspoken_repeats`); in doubt the words stay, since a kept
+  finds no audio for it (see :mod:`.whisper_loop_guard`); in doubt the words stay, since a kept
   repeat is visible and a cut is silent loss. A compression ratio over the threshold or an
   output that ran out of tokens triggers the temperature fallback when one is configured (off
   by default), never the loss of the text.
 * **Language identification** (multilingual models, no language given) runs on a full 30 s
   window: on short windows Whisper misidentified languages that the full window got right.
 
-``decode_full_window`` keeps the old ``model.transcribe()`` path: the reference for the
+:mod:`.whisper_full_window` keeps the old ``model.transcribe()`` path: the reference for the
 regression comparison and a fallback.
 """
 
@@ -38,13 +38,14 @@ import functools
 import math
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..results import Word
+from .whisper_loop_guard import without_unspoken_repeats
 
 SAMPLE_RATE = 16_000
 # Whisper's mel hop is 10 ms; the encoder halves the frames; a full window is 30 s.
@@ -78,13 +79,6 @@ WHISPER_MAX_LENGTH = 448
 # Audio quieter than this (RMS, -60 dBFS) is silence: not decoded at all. Whisper answers
 # digital silence with a confident "you" that the no-speech check lets through.
 SILENCE_RMS = 0.001
-# A repeated copy (see unspoken_repeats) is a loop when the alignment finds less audio for it than
-# this per word: a spoken word lasts 0.1 s or more, while a looped copy's words pile up at one
-# point (0-25 ms each on jfk's "And so my fellow Americans. And so my fellow Americans.") or
-# past the audio's end. And only when its earlier copy found at least LOOP_EARLIER_FACTOR times
-# more audio: the model heard the phrase once, there.
-LOOP_SECONDS_PER_WORD = 0.05
-LOOP_EARLIER_FACTOR = 3.0
 
 
 @dataclass(frozen=True)
@@ -326,8 +320,9 @@ def _decode_group(model: Any, items: list[_Item], settings: DecodeSettings,
             def encoder_output(row: int = row) -> Any:
                 return encoded if len(items) == 1 else _rows(model, encoded, features, [row])
 
-            item.tokens, item.loop_words_removed = _without_unspoken_repeats(
-                model, item, tokenizers[item.language or "en"], encoder_output, features.shape[-1])
+            item.tokens, item.loop_words_removed = without_unspoken_repeats(
+                model, item.tokens, item.frames / FRAMES_PER_SECOND, tokenizers[item.language or "en"],
+                encoder_output, features.shape[-1])
 
     outcomes: list[tuple[str, float, tuple[Word, ...]]] = []
     wants_words: list[_Item] = []
@@ -368,135 +363,6 @@ def _kept_text_tokens(tokens: Sequence[int], tokenizer: Any, audio_seconds: floa
         elif token < tokenizer.eot and (segment_start < audio_seconds or not kept):
             kept.append(token)
     return kept
-
-
-@dataclass(frozen=True)
-class Repetition:
-    """Spoken words [first, stop) of an output, each the same as the word ``period`` before it
-    ("X X X": the second and third X; "A B C A B C A": the second "A B C" and the last "A").
-
-    Indexes count spoken words only: punctuation is skipped when comparing."""
-
-    period: int
-    first: int
-    stop: int
-
-
-def repetitions(keys: Sequence[str]) -> list[Repetition]:
-    """Where the output repeats the words right before it, leftmost first, at the shortest
-    period that makes a whole copy.
-
-    ``keys`` are normalised words, "" for punctuation. These are only *candidates*: repeated
-    speech looks the same ("yes. yes."; "x, y, z, x, y, z"), and only the audio tells (see
-    :func:`unspoken_repeats`).
-    """
-    words = [key for key in keys if key]
-    n = len(words)
-    found: list[Repetition] = []
-    first = 1
-    while first < n:
-        period = next((length for length in range(1, first + 1)
-                       if first + length <= n and words[first:first + length] == words[first - length:first]), 0)
-        if not period:
-            first += 1
-            continue
-        stop = first
-        while stop < n and words[stop] == words[stop - period]:
-            stop += 1
-        found.append(Repetition(period, first, stop))
-        first = stop
-    return found
-
-
-def unspoken_repeats(keys: Sequence[str], spans: Sequence[tuple[float, float]],
-                     audio_seconds: float) -> set[int]:
-    """Indexes (into ``keys``) of the words that a model loop added: repeated copies the audio
-    does not hold.
-
-    ``spans`` are the words' (start, end) from a cross-attention alignment over the whole
-    window (audio, then the silence pad). Repeated speech has each copy aligned to its own
-    stretch of audio; a loop's copy finds almost none: its words pile up at one instant or fall
-    in the pad after the audio. A copy of a repetition is a loop when its words span less than
-    LOOP_SECONDS_PER_WORD of audio each while the words it repeats span LOOP_EARLIER_FACTOR
-    times more, and so do all the copies after it (a model that loops goes on looping). A loop
-    need not start where the first copy does ("no, no, no, I said no. No, no, I said no." loops
-    from the second "No"), so every phase of the repetition is tried, and the copies go from
-    the earliest start that some phase proves. One-word copies
-    qualify only at the end of the output ("Stop. Stop.") or past the audio: inside speech a
-    short word can align to nothing ("that that"). And the output's tail goes when every word
-    of it starts after the audio ended and repeats a word said before it.
-    """
-    spoken = [index for index, key in enumerate(keys) if key]
-    n = len(spoken)
-
-    def heard(first: int, stop: int) -> float:
-        """Audio from spoken word ``first``'s start to word ``stop - 1``'s end, within the
-        audio: punctuation inside counts (the alignment gives pauses to commas), the
-        punctuation after the last word does not (a final full stop takes the rest of the
-        window)."""
-        return max(0.0, min(spans[spoken[stop - 1]][1], audio_seconds) - max(spans[spoken[first]][0], 0.0))
-
-    def unheard(first: int, stop: int, earlier: float) -> bool:
-        """Copy [first, stop) finds almost no audio, and the words it repeats did."""
-        copy = heard(first, stop)
-        return copy < LOOP_SECONDS_PER_WORD * (stop - first) and earlier >= LOOP_EARLIER_FACTOR * max(copy, 0.01)
-
-    removed: set[int] = set()
-    for repetition in repetitions(keys):
-        period, loop_start = repetition.period, None
-        for phase in range(period):
-            copies = [(first, min(first + period, repetition.stop))
-                      for first in range(repetition.first + phase, repetition.stop, period)]
-            # A partial copy counts only as the output's cut-off tail, of two words or more.
-            if copies and copies[-1][1] - copies[-1][0] < period and (
-                    copies[-1][1] < n or copies[-1][1] - copies[-1][0] < 2):
-                copies.pop()
-            for number, (first, _) in enumerate(copies):
-                # Every copy from here on against the words before the first: a loop's copies
-                # repeat each other, all unheard.
-                earlier = heard(first - period, first)
-                if all(unheard(*copy, earlier) for copy in copies[number:]):
-                    if period > 1 or repetition.stop == n or spans[spoken[first]][0] >= audio_seconds:
-                        loop_start = first if loop_start is None else min(loop_start, first)
-                    break
-        if loop_start is not None:
-            end = spoken[repetition.stop - 1] + 1
-            while end < len(keys) and not keys[end]:  # and the punctuation after it
-                end += 1
-            removed.update(range(spoken[loop_start], end))
-    # The output's tail aligned wholly after the audio, in the silence pad, repeating words said
-    # before it: a loop that varies as it goes ("No... I said no... No... No..."), so that its
-    # copies are not exact, and that no audio can hold.
-    tail = n
-    while tail > 0 and spans[spoken[tail - 1]][0] >= audio_seconds:
-        tail -= 1
-    said = {keys[index] for index in spoken[:tail]}
-    if 0 < tail < n and all(keys[index] in said for index in spoken[tail:]):
-        removed.update(range(spoken[tail], len(keys)))
-    return removed
-
-
-def _without_unspoken_repeats(model: Any, item: _Item, tokenizer: Any, encoder_output: Callable[[], Any],
-                              window: int) -> tuple[list[int], int]:
-    """``item.tokens`` less the repeated copies the audio does not hold, and how many words
-    went. The alignment (~10 ms) runs only when some words repeat the words before them."""
-    words, word_tokens = tokenizer.split_to_word_tokens(item.tokens)
-    keys = [_word_key(word) for word in words]
-    if not repetitions(keys):
-        return item.tokens, 0
-    alignment = model.find_alignment(tokenizer, [item.tokens], encoder_output(), window)[0]
-    if len(alignment) != len(words):  # never seen; keep the words rather than guess
-        return item.tokens, 0
-    spans = [(float(word["start"]), float(word["end"])) for word in alignment]
-    removed = unspoken_repeats(keys, spans, item.frames / FRAMES_PER_SECOND)
-    if not removed:
-        return item.tokens, 0
-    kept = [token for index, group in enumerate(word_tokens) if index not in removed for token in group]
-    return kept, sum(1 for index in removed if keys[index])
-
-
-def _word_key(word: str) -> str:
-    return word.strip().lower().strip(".,!?;:\"'()[]{}¿¡…-")
 
 
 def _detect_languages(model: Any, items: list[_Item]) -> None:
@@ -587,56 +453,3 @@ def _rows(model: Any, encoded: Any, features: np.ndarray, rows: list[int]) -> An
     if getattr(encoded, "device", "cpu") == "cpu":
         return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.asarray(encoded)[rows]))
     return model.encode(np.ascontiguousarray(features[rows]))
-
-
-# --------------------------------------------------------------------------- full window (reference)
-
-
-def decode_full_window(model: Any, request: DecodeRequest, settings: DecodeSettings) -> Decoded:
-    """Blocking: faster-whisper's own ``transcribe()`` over a padded 30 s window.
-
-    The decoding used before the short window: the reference for the regression set, and a
-    fallback. Finals: beam search, temperature fallback, word timestamps when asked;
-    interims: greedy, no timestamps.
-    """
-    began = time.perf_counter()
-    final = request.final
-    segments, info = model.transcribe(
-        request.audio,
-        language=request.language,
-        beam_size=settings.beam_size if final else settings.interim_beam_size,
-        best_of=settings.best_of,
-        word_timestamps=final and request.words,
-        # Each utterance stands alone: feeding back text caused repetitions (REFERENCE.md).
-        condition_on_previous_text=False,
-        # The stream's VAD already chose the utterance; this second pass drops pauses inside it,
-        # where Whisper would otherwise hallucinate.
-        vad_filter=True,
-        vad_parameters={"threshold": settings.vad_threshold},
-        # Interims are thrown away soon: skip the temperature fallback and timestamp tokens.
-        temperature=list(settings.temperatures) if final else settings.temperatures[0],
-        compression_ratio_threshold=settings.compression_ratio_threshold,
-        log_prob_threshold=settings.log_prob_threshold,
-        no_speech_threshold=settings.no_speech_threshold,
-        without_timestamps=not final,
-    )
-    texts: list[str] = []
-    found: list[Word] = []
-    logprob_sum = 0.0
-    tokens = 0
-    for segment in segments:  # a generator: the decoding happens here
-        text = segment.text.strip()
-        if not text:
-            continue
-        texts.append(text)
-        count = max(len(segment.tokens), 1)
-        logprob_sum += segment.avg_logprob * count
-        tokens += count
-        for word in segment.words or ():
-            token = word.word.strip()
-            if token:
-                found.append(Word(token, round(word.start, 3), round(word.end, 3),
-                                  min(1.0, max(0.0, float(word.probability)))))
-    confidence = min(1.0, max(0.0, math.exp(logprob_sum / tokens))) if tokens else 0.0
-    return Decoded(" ".join(texts), confidence, tuple(found), time.perf_counter() - began,
-                   info.language, float(info.language_probability))
