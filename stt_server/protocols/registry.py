@@ -26,11 +26,12 @@ class Endpoint(str, Enum):
     NATIVE = "native"  # /v1/listen, Deepgram's live API
     SEED = "seed"  # /ws/transcription/, the Django design's protocol
     ROOT = "root"  # /, vosk-server's protocol or WhisperLive's, told apart by the first message
+    WYOMING = "wyoming"  # Home Assistant's Wyoming protocol, on its own TCP listener (wyoming: in config)
 
 
 @dataclass(frozen=True)
 class ProtocolEntry:
-    path: str  # without a trailing slash; requests may add one
+    path: str | None  # without a trailing slash; requests may add one. None: no websocket path
     import_string: str  # "module:Class"
     # The audio a client sends when its URL names no encoding.
     default_encoding: str = "linear16"
@@ -41,9 +42,11 @@ PROTOCOLS: Mapping[Endpoint, ProtocolEntry] = {
     # The seed's browser sends WebM or Ogg: detect the container from the first bytes.
     Endpoint.SEED: ProtocolEntry("/ws/transcription", "stt_server.protocols.seed:SeedProtocol", "auto"),
     Endpoint.ROOT: ProtocolEntry("/", "stt_server.protocols.root:RootProtocol"),
+    Endpoint.WYOMING: ProtocolEntry(None, "stt_server.protocols.wyoming:WyomingProtocol"),
 }
 
-ENDPOINT_PATHS: Mapping[str, Endpoint] = {entry.path: endpoint for endpoint, entry in PROTOCOLS.items()}
+ENDPOINT_PATHS: Mapping[str, Endpoint] = {entry.path: endpoint for endpoint, entry in PROTOCOLS.items()
+                                          if entry.path is not None}
 
 
 def protocol_class(endpoint: Endpoint) -> type[WireProtocol]:

@@ -1,0 +1,200 @@
+"""Wyoming (Home Assistant's voice pipelines) as a session protocol. Pure: events in, frames out.
+
+A Wyoming connection (see :mod:`wyoming_wire` for the framing) may carry, in order:
+
+* ``describe`` → ``info`` (one speech-to-text program per engine, with its models and
+  languages), ``ping`` → ``pong``, ``select-program`` (an engine by name), any number of times;
+* a transcription: ``transcribe`` (optional: ``name``, a program or model, and ``language``),
+  ``audio-start`` (rate, width, channels), ``audio-chunk``s of PCM, ``audio-stop`` →
+  ``transcript`` (all the finals, joined). With ``wyoming.transcript_streaming`` the finals also
+  go out as they come: ``transcript-start``, a ``transcript-chunk`` per final, then the
+  ``transcript`` and ``transcript-stop`` (the order the Wyoming spec gives);
+* then the same again, on the same connection.
+
+:class:`Preamble` reads the events before a transcription (its session parameters come from
+them); :class:`WyomingProtocol` is one transcription's :class:`WireProtocol`. Wyoming has no
+close frame and no non-fatal error: every error is an ``error`` event, then the server closes.
+A transcription that ends any other way than by the client's ``audio-stop`` (a limit, a drain
+the client did not finish in time, an engine failure) ends with an ``error`` event saying so,
+never with a transcript that silently lacks part of the audio.
+
+The runner sees audio chunks as binary frames (their payload) and every other event of the
+transcription as a text frame ``{"type": ..., "data": {...}}`` (:func:`runner_frame`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..audio_format import AudioFormat
+from ..errors import ProtocolError, SttServerError
+from ..results import Result
+from ..session_state import CLOSE_GOING_AWAY, CLOSE_NORMAL, DRAIN_REASON
+from .events import AudioIn, ClientEvent, CloseStream, SetAudioFormat, WireProtocol, parse_json_object
+from .wyoming_wire import (
+    AUDIO_CHUNK,
+    AUDIO_START,
+    AUDIO_STOP,
+    DESCRIBE,
+    PING,
+    PONG,
+    SELECT_PROGRAM,
+    TRANSCRIBE,
+    TRANSCRIPT_CHUNK,
+    TRANSCRIPT_START,
+    TRANSCRIPT_STOP,
+    TranscribeRequest,
+    WyomingEvent,
+    audio_format_of,
+    encode_event,
+    error_event,
+    transcript_event,
+)
+
+
+def runner_frame(event: WyomingEvent) -> str | bytes:
+    """An event of a running transcription as the session runner reads it."""
+    if event.type == AUDIO_CHUNK:
+        return event.payload
+    return json.dumps({"type": event.type, "data": dict(event.data)}, ensure_ascii=False)
+
+
+def frame(event: WyomingEvent) -> str:
+    """A payload-less event as the text frame the runner sends (UTF-8 on the wire)."""
+    return encode_event(event).decode()
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    """What the preamble said about the transcription that starts with its ``audio-start``."""
+
+    name: str | None  # a program (engine) or model name: transcribe's, else select-program's
+    language: str | None
+    audio: AudioFormat
+
+
+class Preamble:
+    """The events before a transcription. :meth:`handle` returns the events that answer one
+    (``info``, ``pong``) and, at ``audio-start``, the request that opens the transcription;
+    it raises ProtocolError for anything else (audio before ``audio-start``, an unknown type)."""
+
+    def __init__(self) -> None:
+        self.program: str | None = None  # select-program's, for the rest of the connection
+        self._transcribe: TranscribeRequest | None = None
+
+    def handle(self, event: WyomingEvent, info: Callable[[], WyomingEvent]
+               ) -> tuple[list[WyomingEvent], SessionRequest | None]:
+        if event.type == DESCRIBE:
+            return [info()], None
+        if event.type == PING:
+            return [WyomingEvent(PONG, {"text": event.data.get("text")})], None
+        if event.type == SELECT_PROGRAM:
+            name = event.data.get("name")
+            if not isinstance(name, str) or not name or len(name) > 100:
+                raise ProtocolError("select-program needs a program name", code="bad_event")
+            self.program = name
+            return [], None
+        if event.type == TRANSCRIBE:
+            self._transcribe = TranscribeRequest.from_event(event)
+            return [], None
+        if event.type == AUDIO_START:
+            transcribe, self._transcribe = self._transcribe or TranscribeRequest(), None
+            return [], SessionRequest(transcribe.name or self.program, transcribe.language, audio_format_of(event))
+        if event.type in (AUDIO_CHUNK, AUDIO_STOP):
+            raise ProtocolError(f"{event.type} before audio-start: send transcribe (optional), then audio-start "
+                                "with rate, width and channels, then the audio", code="audio_before_start")
+        raise ProtocolError(f"unknown or unsupported event type {event.type!r}; this server does speech to text: "
+                            "describe, transcribe, audio-start, audio-chunk, audio-stop", code="unknown_type")
+
+
+class WyomingProtocol(WireProtocol):
+    """One transcription, from ``audio-start`` to its ``transcript`` (or ``error``)."""
+
+    def __init__(self, *, language: str | None = None, streaming: bool = False) -> None:
+        self.language = language
+        self.streaming = streaming
+        self.failed = False  # an error event went out: the connection closes after it
+        self._chunks: list[str] = []
+        self._started = False
+        self._pong: str | None = None
+        self._untranscribed = 0.0
+
+    # --- client → server
+
+    def opening(self, metadata: Mapping[str, Any]) -> list[str]:
+        return []
+
+    def parse(self, frame_in: str | bytes) -> list[ClientEvent]:
+        if isinstance(frame_in, bytes):
+            return [AudioIn(frame_in)] if frame_in else []
+        message = parse_json_object(frame_in, what="events")  # runner_frame's JSON
+        kind, data = message.get("type"), message.get("data") or {}
+        if not isinstance(kind, str) or not isinstance(data, dict):
+            raise ProtocolError('events need a "type" string and a "data" object', code="bad_event")
+        event = WyomingEvent(kind, data)
+        if event.type == AUDIO_STOP:
+            return [CloseStream()]
+        if event.type == AUDIO_START:  # a new format for what follows
+            return [SetAudioFormat(audio_format_of(event))]
+        if event.type == PING:
+            self._pong = str(event.data.get("text") or "")
+            return []
+        if event.type in (DESCRIBE, TRANSCRIBE, SELECT_PROGRAM):
+            raise ProtocolError(f"{event.type} during a transcription: send audio-stop first", code="bad_event")
+        raise ProtocolError(f"unknown or unsupported event type {event.type!r} during a transcription",
+                            code="unknown_type")
+
+    def acknowledge(self) -> list[str]:
+        if self._pong is None:
+            return []
+        text, self._pong = self._pong, None
+        return [frame(WyomingEvent(PONG, {"text": text or None}))]
+
+    # --- server → client
+
+    def result(self, result: Result) -> list[str]:
+        text = result.text.strip()
+        if not result.is_final or not text:
+            return []
+        chunk = f" {text}" if self._chunks else text
+        self._chunks.append(chunk)
+        if not self.streaming:
+            return []
+        return [*self._start(), frame(WyomingEvent(TRANSCRIPT_CHUNK, {"text": chunk}))]
+
+    def error(self, error: SttServerError) -> list[str]:
+        self.failed = True
+        return [frame(error_event(error.message, error.code))]
+
+    def closing(self, untranscribed_seconds: float = 0.0) -> list[str]:
+        self._untranscribed = untranscribed_seconds
+        return []  # what ends it depends on the close: see ending()
+
+    def ending(self, code: int, reason: str) -> list[str]:
+        """The last events of the transcription, given how the session closes: the transcript
+        when every bit of audio up to the client's ``audio-stop`` was transcribed, else an
+        ``error`` saying why it is not complete. Nothing after an error already sent."""
+        if self.failed:
+            return []
+        complete = code == CLOSE_NORMAL or (code == CLOSE_GOING_AWAY and reason == DRAIN_REASON)
+        if complete and self._untranscribed <= 0:
+            transcript = frame(transcript_event("".join(self._chunks), self.language))
+            if not self.streaming:
+                return [transcript]
+            return [*self._start(), transcript, frame(WyomingEvent(TRANSCRIPT_STOP))]
+        self.failed = True
+        code_name, _, _ = reason.partition(":")
+        text = f"transcription not complete: {reason or 'closed'}"
+        if self._untranscribed > 0 and "not transcribed" not in text:
+            text += f"; {self._untranscribed:.1f} s of the audio received were not transcribed"
+        return [frame(error_event(text, code_name.strip() or "incomplete"))]
+
+    def _start(self) -> list[str]:
+        if self._started:
+            return []
+        self._started = True
+        data = {"language": self.language} if self.language else {}
+        return [frame(WyomingEvent(TRANSCRIPT_START, data))]

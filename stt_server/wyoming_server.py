@@ -1,0 +1,424 @@
+"""Wyoming's TCP listener: asyncio streams around the pure :mod:`protocols.wyoming_wire` and
+:mod:`protocols.wyoming`, driving the same :class:`SessionRunner` as every websocket session.
+
+Part of :class:`~stt_server.server.SttServer` (started, drained and stopped with it): sessions
+pass the same admission (the engine can serve them, engine load, the lease store's limits),
+count in the same metrics (``protocol="wyoming"``), write the same journal and are drained the
+same way. Wyoming has no authentication: every session counts as the token ``wyoming.token``
+names (its providers, models and max_sessions).
+
+Drain: Wyoming has no ping and no shutdown notice. :meth:`WyomingSessionConnection.ping` answers
+with a future that completes when the client's ``audio-stop`` is read, so the runner's drain reads
+the utterance to its end (bounded by its usual drain timeouts) and sends the whole transcript.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from websockets.exceptions import ConnectionClosed
+
+from . import __version__
+from .config import Config
+from .errors import AuthError, CapacityError, ProtocolError, RequestError, SttServerError
+from .handshake import SessionContext
+from .protocols.registry import Endpoint
+from .protocols.wyoming import Preamble, SessionRequest, WyomingProtocol, runner_frame
+from .protocols.wyoming_wire import (
+    AUDIO_STOP,
+    AsrModel,
+    AsrProgram,
+    FrameDecoder,
+    WyomingEvent,
+    encode_event,
+    error_event,
+    info_event,
+)
+from .providers import Provider
+from .session import params_from_query
+from .session_state import CLOSE_NORMAL, CLOSE_POLICY
+from .tokens import TokenEntry
+
+if TYPE_CHECKING:
+    from .server import SttServer
+
+# Events decoded ahead of the session: small, so that a session that stops reading
+# (backpressure) stops the socket being read, and TCP slows the client down.
+READ_AHEAD_EVENTS = 4
+READ_BYTES = 64 * 1024
+# Close code recorded when the client went away (as websockets says 1006).
+CLOSE_ABNORMAL = 1006
+
+
+class ConnectionLost(Exception):
+    """The client closed the TCP connection (or it broke)."""
+
+
+class WyomingConnection:
+    """One TCP connection. A reader task decodes events into a small queue, so a read can be
+    cancelled without losing bytes (the runner cancels reads) and reading stops while the
+    session does not take events."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                 max_payload_bytes: int) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._decoder = FrameDecoder(max_payload_bytes=max_payload_bytes)
+        self._events: asyncio.Queue[WyomingEvent | BaseException] = asyncio.Queue(READ_AHEAD_EVENTS)
+        self._end: BaseException | None = None  # why no more events come (sticky)
+        self.closed = False
+        self.in_session = False
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
+        self._task = asyncio.create_task(self._read(), name=f"wyoming-read-{self.peer}")
+
+    async def _read(self) -> None:
+        end: BaseException
+        try:
+            while True:
+                data = await self._reader.read(READ_BYTES)
+                if not data:
+                    end = ConnectionLost("the client closed the connection"
+                                         + (" in the middle of an event" if self._decoder.mid_event else ""))
+                    break
+                for event in self._decoder.feed(data):
+                    await self._events.put(event)
+        except ProtocolError as error:
+            end = error
+        except OSError as exc:  # a reset
+            end = ConnectionLost(f"the connection broke: {exc.strerror or exc}")
+        await self._events.put(end)
+
+    async def next_event(self) -> WyomingEvent:
+        """The next event; ConnectionLost when the client is gone, ProtocolError for bad bytes."""
+        if self._end is not None:
+            raise self._end
+        item = await self._events.get()
+        if isinstance(item, BaseException):
+            self._end = item
+            raise item
+        return item
+
+    async def send(self, data: bytes) -> None:
+        if self.closed:
+            raise ConnectionLost("the connection is closed")
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except (ConnectionError, OSError) as exc:
+            self.close()
+            raise ConnectionLost(f"the connection broke: {exc}") from None
+
+    async def send_error(self, error: SttServerError) -> None:
+        """An ``error`` event (Wyoming's only error), then the close."""
+        try:
+            await self.send(encode_event(error_event(error.message, error.code)))
+        except ConnectionLost:
+            pass
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._task.cancel()
+        self._writer.close()
+
+
+class WyomingSessionConnection:
+    """What a :class:`SessionRunner` needs of a connection (recv, send, ping, close, close_code),
+    for one transcription on a Wyoming connection. A close with 1000 (the client's audio-stop,
+    every final sent) leaves the TCP connection open for the next transcription."""
+
+    def __init__(self, connection: WyomingConnection, protocol: WyomingProtocol) -> None:
+        self.connection = connection
+        self.protocol = protocol
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._audio_stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # A close fails the future; that is no error to log ("exception was never retrieved").
+        self._audio_stop.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+    async def recv(self) -> str | bytes:
+        if self.close_code is not None:
+            raise ConnectionClosed(None, None)
+        try:
+            event = await self.connection.next_event()
+        except ProtocolError as error:  # bad bytes: the stream cannot be resynchronised
+            await self._fail(error)
+            raise ConnectionClosed(None, None) from None
+        except ConnectionLost:
+            self._gone(CLOSE_ABNORMAL)
+            raise ConnectionClosed(None, None) from None
+        if event.type == AUDIO_STOP and not self._audio_stop.done():
+            self._audio_stop.set_result(None)
+        return runner_frame(event)
+
+    async def send(self, text: str) -> None:
+        if self.close_code is not None:
+            raise ConnectionClosed(None, None)
+        try:
+            await self.connection.send(text.encode())
+        except ConnectionLost:
+            self._gone(CLOSE_ABNORMAL)
+            raise ConnectionClosed(None, None) from None
+        if self.protocol.failed:  # an error event went out: Wyoming closes after it
+            self._gone(CLOSE_POLICY)
+
+    async def ping(self) -> asyncio.Future[None]:
+        """Wyoming has no ping: the "pong" is the client's audio-stop, after which the client
+        sends nothing more for this transcription."""
+        if self.close_code is not None:
+            raise ConnectionClosed(None, None)
+        return self._audio_stop
+
+    async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        if self.close_code is not None:
+            return
+        for text in self.protocol.ending(code, reason):
+            try:
+                await self.connection.send(text.encode())
+            except ConnectionLost:
+                break
+        self.close_code, self.close_reason = code, reason
+        if code != CLOSE_NORMAL or self.protocol.failed:
+            self.connection.close()
+
+    async def _fail(self, error: ProtocolError) -> None:
+        self.protocol.failed = True
+        self.close_code = error.close_code
+        await self.connection.send_error(error)
+        if not self._audio_stop.done():
+            self._audio_stop.set_exception(ConnectionClosed(None, None))
+
+    def _gone(self, code: int) -> None:
+        if self.close_code is None:
+            self.close_code = code
+        self.connection.close()
+        if not self._audio_stop.done():
+            self._audio_stop.set_exception(ConnectionClosed(None, None))
+
+
+# --- what the engines serve, as Wyoming describes it ---------------------------------------------
+
+
+def engine_models(provider: Provider, default_language: str) -> dict[str, list[str]]:
+    """Model name → the languages it serves, as the engine really has them loaded. An engine
+    that takes any language tag (it passes it on) is listed with the default language."""
+    per_model = getattr(provider, "model_languages", None)
+    if callable(per_model):
+        models = per_model()
+        if models:
+            return {str(name): [str(tag) for tag in tags] for name, tags in models.items()}
+    described = provider.describe().get("model")
+    name = described if isinstance(described, str) and described else provider.name
+    return {name: list(provider.languages() or (default_language,))}
+
+
+def program_order(providers: Mapping[str, Provider], default: str, token: TokenEntry | None) -> list[str]:
+    """The engines a Wyoming client may use, the default first (Home Assistant uses the first)."""
+    names = [name for name in providers if token is None or token.allows(name)]
+    return sorted(names, key=lambda name: name != default)
+
+
+def describe_programs(config: Config, providers: Mapping[str, Provider], token: TokenEntry | None
+                      ) -> list[AsrProgram]:
+    default = config.wyoming.provider or config.server.default_provider
+    language = config.wyoming.language or config.session.language
+    programs = []
+    for name in program_order(providers, default, token):
+        models = engine_models(providers[name], language)
+        if token is not None and token.models is not None:
+            models = {model: tags for model, tags in models.items() if token.allows_model(model)} or models
+        programs.append(AsrProgram(name, f"stt_server {name} engine",
+                                   [AsrModel(model, tags) for model, tags in models.items()],
+                                   config.wyoming.transcript_streaming))
+    return programs
+
+
+def resolve_engine(name: str | None, providers: Mapping[str, Provider], default: str,
+                   default_language: str) -> tuple[str, str | None]:
+    """transcribe's (or select-program's) name → (provider, model or None for its default).
+    The name may be a provider (program) or one of a provider's models."""
+    if not name or name in providers:
+        return name or default, None
+    for provider_name, provider in providers.items():
+        if name in engine_models(provider, default_language):
+            has_models = callable(getattr(provider, "model_languages", None))
+            return provider_name, name if has_models else None
+    raise RequestError(f"unknown program or model {name!r}; describe lists them (programs: "
+                       f"{', '.join(sorted(providers))})", parameter="name", code="bad_request")
+
+
+def session_context(request: SessionRequest, *, config: Config, providers: Mapping[str, Provider],
+                    token: TokenEntry, peer: str) -> SessionContext:
+    """A transcription's parameters, checked as a URL's are, under the tied token's rights."""
+    wyoming = config.wyoming
+    default_language = wyoming.language or config.session.language
+    provider, model = resolve_engine(request.name, providers, wyoming.provider or config.server.default_provider,
+                                     default_language)
+    query = {"provider": provider, "language": request.language or default_language, "encoding": "linear16",
+             "sample_rate": str(request.audio.sample_rate), "channels": str(request.audio.channels),
+             "interim_results": "false"}
+    if model:
+        query["model"] = model
+    params = params_from_query(Endpoint.WYOMING, query, defaults=config.session,
+                               default_provider=config.server.default_provider, providers=providers.keys())
+    if not token.allows(params.provider):
+        raise AuthError(f"the Wyoming token ({token.name!r}) may not use provider {params.provider!r}",
+                        code="provider_forbidden")
+    if token.models is not None:
+        chosen = params.model or token.models[0]
+        if not token.allows_model(chosen):
+            raise AuthError(f"the Wyoming token ({token.name!r}) may not use model {chosen!r} "
+                            f"(allowed: {', '.join(token.models)})", code="model_forbidden")
+        params = dataclasses.replace(params, model=chosen)
+    return SessionContext(session_id=uuid.uuid4().hex, params=params, token=token, peer=peer)
+
+
+# --- the listener --------------------------------------------------------------------------------
+
+
+class WyomingListener:
+    """The TCP listener and its connections, owned by an :class:`SttServer`."""
+
+    def __init__(self, server: SttServer) -> None:
+        self.server = server
+        self.log = server.log.bind(protocol="wyoming")
+        self._listener: asyncio.Server | None = None
+        self._connections: dict[WyomingConnection, asyncio.Task[Any]] = {}
+
+    @property
+    def config(self) -> Config:
+        return self.server.config
+
+    async def bind(self, *, reuse_port: bool) -> None:
+        """Bind (not yet accepting); OSError as the caller reports it."""
+        wyoming = self.config.wyoming
+        self._listener = await asyncio.start_server(self._serve, wyoming.host, wyoming.port, start_serving=False,
+                                                    reuse_port=reuse_port or None)
+
+    async def start_serving(self) -> None:
+        assert self._listener is not None, "bind() first"
+        await self._listener.start_serving()
+        self.log.info("wyoming listening", host=self.config.wyoming.host, port=self.port,
+                      token_name=self.config.wyoming.token)
+
+    @property
+    def port(self) -> int:
+        assert self._listener is not None, "bind() first"
+        return int(self._listener.sockets[0].getsockname()[1])
+
+    def stop_accepting(self) -> None:
+        """The drain: no new connections; connections not in a transcription are closed (nothing
+        they sent was acknowledged); transcriptions finish with the runner's drain."""
+        if self._listener is not None:
+            self._listener.close()
+        for connection in list(self._connections):
+            if not connection.in_session:
+                connection.close()
+
+    async def stop(self) -> None:
+        self.stop_accepting()
+        for connection, task in list(self._connections.items()):
+            connection.close()
+            task.cancel()
+        tasks = list(self._connections.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        if self._listener is not None:
+            await self._listener.wait_closed()
+            self._listener = None
+
+    def _info(self) -> WyomingEvent:
+        try:
+            token: TokenEntry | None = self.server.tokens.table.named(self.config.wyoming.token)
+        except SttServerError:
+            token = None
+        return info_event(describe_programs(self.config, self.server.providers, token), version=__version__)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = WyomingConnection(reader, writer, max_payload_bytes=self.config.server.max_message_bytes)
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self._connections) >= self.config.wyoming.max_connections or self.server.draining:
+            self.log.info("wyoming connection refused", peer=connection.peer,
+                          reason="draining" if self.server.draining else "max_connections")
+            await connection.send_error(CapacityError(
+                "the server is shutting down" if self.server.draining else
+                f"too many Wyoming connections (wyoming.max_connections: {self.config.wyoming.max_connections})",
+                code="draining" if self.server.draining else "server_session_limit"))
+            return
+        self._connections[connection] = task
+        try:
+            await self._transcriptions(connection)
+        except Exception:  # a bug here ends this connection only
+            self.log.exception("wyoming connection failed", peer=connection.peer)
+            await connection.send_error(SttServerError("internal error", code="internal_error"))
+        finally:
+            connection.close()
+            self._connections.pop(connection, None)
+
+    async def _transcriptions(self, connection: WyomingConnection) -> None:
+        preamble = Preamble()
+        while not connection.closed and not self.server.draining:
+            try:
+                request = await asyncio.wait_for(self._preamble(connection, preamble),
+                                                 self.config.limits.handshake_timeout_seconds)
+            except ConnectionLost:
+                return
+            except TimeoutError:
+                await connection.send_error(ProtocolError(
+                    f"no audio-start within {self.config.limits.handshake_timeout_seconds:g} s "
+                    "(limits.handshake_timeout_seconds)", code="timeout"))
+                return
+            except ProtocolError as error:
+                self.log.info("wyoming bad input", peer=connection.peer, code=error.code, reason=error.message)
+                self.server.metrics.refused(error.code, auth=False)
+                await connection.send_error(error)
+                return
+            if not await self._transcribe(connection, request):
+                return
+
+    async def _preamble(self, connection: WyomingConnection, preamble: Preamble) -> SessionRequest:
+        while True:
+            event = await connection.next_event()
+            replies, request = preamble.handle(event, self._info)
+            for reply in replies:
+                await connection.send(encode_event(reply))
+            if request is not None:
+                return request
+
+    async def _transcribe(self, connection: WyomingConnection, request: SessionRequest) -> bool:
+        """One transcription; whether the connection may carry another."""
+        server = self.server
+        try:
+            if server.draining:
+                raise CapacityError("the server is shutting down; retry on another instance", code="draining")
+            token = server.tokens.table.named(self.config.wyoming.token)
+            context = session_context(request, config=self.config, providers=server.providers, token=token,
+                                      peer=connection.peer)
+            await server.admit(context)
+        except SttServerError as error:
+            if isinstance(error, AuthError) and error.code == "token_invalid":
+                error = AuthError(f"this server's wyoming.token ({self.config.wyoming.token!r}) names no token "
+                                  "in the token file; ask its administrator", code="token_invalid")
+            self.log.info("wyoming session refused", peer=connection.peer, code=error.code, reason=error.message)
+            server.metrics.refused(error.code, auth=isinstance(error, AuthError))
+            await connection.send_error(error)
+            return False
+        protocol = WyomingProtocol(language=context.params.language,
+                                   streaming=self.config.wyoming.transcript_streaming)
+        session = WyomingSessionConnection(connection, protocol)
+        connection.in_session = True
+        try:
+            await server.run_session(session, context, protocol)
+        finally:
+            connection.in_session = False
+            await server.leases.release(context.session_id)
+        return session.close_code == CLOSE_NORMAL and not connection.closed
+
