@@ -50,6 +50,10 @@ if TYPE_CHECKING:
 # (backpressure) stops the socket being read, and TCP slows the client down.
 READ_AHEAD_EVENTS = 4
 READ_BYTES = 64 * 1024
+# After an error: how long, and how many bytes, the client's last bytes are read and dropped
+# before the close (see WyomingConnection.finish).
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 8 * 1024 * 1024
 # Close code recorded when the client went away (as websockets says 1006).
 CLOSE_ABNORMAL = 1006
 
@@ -119,7 +123,28 @@ class WyomingConnection:
             await self.send(encode_event(error_event(error.message, error.code)))
         except ConnectionLost:
             pass
-        self.close()
+        await self.finish()
+
+    async def finish(self) -> None:
+        """Close after what was sent, so that the client reads it: closing a socket with unread
+        bytes in it (a client still sending) makes the kernel send a reset, and the client may
+        lose the error event. So: no more reading of events, our side half-closed, what the
+        client still sends read and dropped for a moment, then the close."""
+        if self.closed:
+            return
+        self.closed = True  # nothing more is sent
+        self._task.cancel()
+        await asyncio.wait({self._task})  # one reader at a time
+        try:
+            if self._writer.can_write_eof():
+                self._writer.write_eof()
+            async with asyncio.timeout(LINGER_SECONDS):
+                dropped = 0
+                while dropped < LINGER_BYTES and (data := await self._reader.read(READ_BYTES)):
+                    dropped += len(data)
+        except (TimeoutError, OSError):
+            pass
+        self._writer.close()
 
     def close(self) -> None:
         if self.closed:
@@ -167,7 +192,7 @@ class WyomingSessionConnection:
             self._gone(CLOSE_ABNORMAL)
             raise ConnectionClosed(None, None) from None
         if self.protocol.failed:  # an error event went out: Wyoming closes after it
-            self._gone(CLOSE_POLICY)
+            await self._finish(CLOSE_POLICY)
 
     async def ping(self) -> asyncio.Future[None]:
         """Wyoming has no ping: the "pong" is the client's audio-stop, after which the client
@@ -186,7 +211,7 @@ class WyomingSessionConnection:
                 break
         self.close_code, self.close_reason = code, reason
         if code != CLOSE_NORMAL or self.protocol.failed:
-            self.connection.close()
+            await self.connection.finish()
 
     async def _fail(self, error: ProtocolError) -> None:
         self.protocol.failed = True
@@ -194,6 +219,13 @@ class WyomingSessionConnection:
         await self.connection.send_error(error)
         if not self._audio_stop.done():
             self._audio_stop.set_exception(ConnectionClosed(None, None))
+
+    async def _finish(self, code: int) -> None:
+        if self.close_code is None:
+            self.close_code = code
+        if not self._audio_stop.done():
+            self._audio_stop.set_exception(ConnectionClosed(None, None))
+        await self.connection.finish()
 
     def _gone(self, code: int) -> None:
         if self.close_code is None:
