@@ -54,6 +54,8 @@ READ_BYTES = 64 * 1024
 # before the close (see WyomingConnection.finish).
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 8 * 1024 * 1024
+# stop(): how long sessions whose connection was closed get to finish transcribing.
+STOP_WAIT_SECONDS = 10.0
 # Close code recorded when the client went away (as websockets says 1006).
 CLOSE_ABNORMAL = 1006
 
@@ -145,6 +147,7 @@ class WyomingConnection:
         except (TimeoutError, OSError):
             pass
         self._writer.close()
+        self._no_more_events()
 
     def close(self) -> None:
         if self.closed:
@@ -152,6 +155,14 @@ class WyomingConnection:
         self.closed = True
         self._task.cancel()
         self._writer.close()
+        self._no_more_events()
+
+    def _no_more_events(self) -> None:
+        """Wake a reader waiting for an event that will not come now (the reader task is
+        cancelled): events not yet taken are dropped, the connection is closing."""
+        while not self._events.empty():
+            self._events.get_nowait()
+        self._events.put_nowait(ConnectionLost("the connection is closed"))
 
 
 class WyomingSessionConnection:
@@ -355,13 +366,18 @@ class WyomingListener:
                 connection.close()
 
     async def stop(self) -> None:
+        """Close every connection; a transcription whose client is gone still has the audio it
+        received transcribed (for the journal), as a websocket session's does at stop()."""
         self.stop_accepting()
-        for connection, task in list(self._connections.items()):
+        for connection in list(self._connections):
             connection.close()
-            task.cancel()
         tasks = list(self._connections.values())
         if tasks:
-            await asyncio.wait(tasks, timeout=5)
+            _, pending = await asyncio.wait(tasks, timeout=STOP_WAIT_SECONDS)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1)
         if self._listener is not None:
             await self._listener.wait_closed()
             self._listener = None

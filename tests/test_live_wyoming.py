@@ -335,3 +335,19 @@ def test_a_wyoming_port_in_use_is_one_line_and_exit_3(tmp_path: Path) -> None:
     assert result.returncode == 3, output
     assert f"cannot listen on 127.0.0.1:{port} (wyoming.host, wyoming.port): the port is already in use" in output
     assert "Traceback" not in output
+
+
+async def test_stop_mid_transcription_closes_and_still_transcribes_for_the_journal(make_server, jfk: bytes) -> None:
+    live = make_server({**WYOMING, "journal": {"enabled": True}})
+    async with AsyncTcpClient("127.0.0.1", wyoming_port(live)) as client:
+        await client.write_event(AudioStart(RATE, 2, 1).event())
+        for piece in chunked(jfk[:4 * 32000], CHUNK):
+            await client.write_event(AudioChunk(RATE, 2, 1, piece).event())
+        await asyncio.sleep(0.5)
+        with server_log() as log:
+            await asyncio.wait_for(asyncio.to_thread(live.call, live.server.stop()), 30)
+            kinds = [e.type for e in await read_answer(client, timeout=10)]  # until the close
+        assert "transcript" not in kinds and "transcript-stop" not in kinds  # no transcript of part of it
+        assert "Traceback" not in log.getvalue() and "client_gone=True" in log.getvalue()
+    journal = (live.token_file.parent / "transcripts.jsonl").read_text()
+    assert "fellow" in journal.lower() and '"token_name":"alice"' in journal
