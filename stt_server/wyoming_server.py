@@ -23,17 +23,21 @@ from typing import TYPE_CHECKING, Any
 from websockets.exceptions import ConnectionClosed
 
 from . import __version__
+from .audio_format import AudioFormat
 from .config import Config
 from .errors import AuthError, CapacityError, ProtocolError, RequestError, SttServerError
 from .handshake import SessionContext
 from .protocols.registry import Endpoint
 from .protocols.wyoming import Preamble, SessionRequest, WyomingProtocol, runner_frame
 from .protocols.wyoming_wire import (
+    AUDIO_CHUNK,
+    AUDIO_START,
     AUDIO_STOP,
     AsrModel,
     AsrProgram,
     FrameDecoder,
     WyomingEvent,
+    audio_format_of,
     encode_event,
     error_event,
     info_event,
@@ -170,9 +174,10 @@ class WyomingSessionConnection:
     for one transcription on a Wyoming connection. A close with 1000 (the client's audio-stop,
     every final sent) leaves the TCP connection open for the next transcription."""
 
-    def __init__(self, connection: WyomingConnection, protocol: WyomingProtocol) -> None:
+    def __init__(self, connection: WyomingConnection, protocol: WyomingProtocol, audio: AudioFormat) -> None:
         self.connection = connection
         self.protocol = protocol
+        self.audio = audio  # audio-start's; each chunk says its format too, and must agree
         self.close_code: int | None = None
         self.close_reason = ""
         self._audio_stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -192,6 +197,20 @@ class WyomingSessionConnection:
             raise ConnectionClosed(None, None) from None
         if event.type == AUDIO_STOP and not self._audio_stop.done():
             self._audio_stop.set_result(None)
+        elif event.type == AUDIO_START:
+            self.audio = audio_format_of(event)  # the protocol checks it again and switches to it
+        elif event.type == AUDIO_CHUNK and event.data:
+            try:
+                chunk = audio_format_of(event)
+            except ProtocolError as error:
+                await self._fail(error)
+                raise ConnectionClosed(None, None) from None
+            if (chunk.sample_rate, chunk.channels) != (self.audio.sample_rate, self.audio.channels):
+                await self._fail(ProtocolError(
+                    f"audio-chunk says {chunk.sample_rate} Hz, {chunk.channels} channel(s); audio-start said "
+                    f"{self.audio.sample_rate} Hz, {self.audio.channels}: send audio-start again to change it",
+                    code="bad_audio_format"))
+                raise ConnectionClosed(None, None)
         return runner_frame(event)
 
     async def send(self, text: str) -> None:
@@ -461,7 +480,7 @@ class WyomingListener:
             return False
         protocol = WyomingProtocol(language=context.params.language,
                                    streaming=self.config.wyoming.transcript_streaming)
-        session = WyomingSessionConnection(connection, protocol)
+        session = WyomingSessionConnection(connection, protocol, request.audio)
         connection.in_session = True
         try:
             await server.run_session(session, context, protocol)

@@ -203,6 +203,8 @@ BAD_INPUT = {
     "garbage mid-stream": (START + event_bytes(AudioChunk(RATE, 2, 1, bytes(3200)).event()) + b"%%%\n",
                            "bad_event"),
     "unknown event mid-stream": (START + event_bytes(Event("detect")), "unknown_type"),
+    "chunk format unlike audio-start": (START + event_bytes(AudioChunk(8000, 2, 1, bytes(1600)).event()),
+                                        "bad_audio_format"),
 }
 
 
