@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from conftest import LiveServer, start_live_server
 from ops_support import metric, scrape
 from support import JFK_FLAC, JFK_TEXT, chunked, load_pcm16, stream_audio
 from test_hardening_live import server_log
+from test_ops_cli import ServerProcess
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
@@ -353,3 +355,25 @@ async def test_stop_mid_transcription_closes_and_still_transcribes_for_the_journ
         assert "Traceback" not in log.getvalue() and "client_gone=True" in log.getvalue()
     journal = (live.token_file.parent / "transcripts.jsonl").read_text()
     assert "fellow" in journal.lower() and '"token_name":"alice"' in journal
+
+
+async def test_sigterm_mid_transcription_delivers_the_whole_transcript_and_exits_0(tmp_path: Path,
+                                                                                   jfk: bytes) -> None:
+    """The CLI's own drain on SIGTERM, against a real `stt-server` process."""
+    server = ServerProcess(tmp_path, {"server": {"port": 0}, "logging": {"format": "json"},
+                                      "wyoming": {"enabled": True, "port": 0, "token": "alice"}})
+    try:
+        await server.start()
+        port = int((await server.event("wyoming listening"))["port"])
+        async with AsyncTcpClient("127.0.0.1", port) as client:
+            sender = asyncio.create_task(send_audio(client, jfk, delay=0.05))  # twice real time
+            await asyncio.sleep(2.0)
+            server.signal(signal.SIGTERM)
+            await sender
+            events = await read_answer(client)
+        assert wer(JFK_TEXT, transcript_of(events)) <= 0.10
+        assert server.proc is not None and await asyncio.wait_for(server.proc.wait(), 60) == 0
+        assert (await server.event("draining"))["sessions"] == 1  # the signal came mid-transcription
+        assert not [e for e in server.events if e.get("level") == "error" or "Traceback" in json.dumps(e)]
+    finally:
+        await server.close()
