@@ -187,6 +187,10 @@ class WyomingSessionConnection:
     async def recv(self) -> str | bytes:
         if self.close_code is not None:
             raise ConnectionClosed(None, None)
+        if self._audio_stop.done() and not self._audio_stop.exception():
+            # What follows audio-stop belongs to the next transcription (a client may send it
+            # before the transcript comes): never taken here, even by the runner's last reads.
+            await asyncio.Event().wait()  # until cancelled
         try:
             event = await self.connection.next_event()
         except ProtocolError as error:  # bad bytes: the stream cannot be resynchronised
@@ -198,7 +202,10 @@ class WyomingSessionConnection:
         if event.type == AUDIO_STOP and not self._audio_stop.done():
             self._audio_stop.set_result(None)
         elif event.type == AUDIO_START:
-            self.audio = audio_format_of(event)  # the protocol checks it again and switches to it
+            try:
+                self.audio = audio_format_of(event)
+            except ProtocolError:
+                pass  # the protocol reports it
         elif event.type == AUDIO_CHUNK and event.data:
             try:
                 chunk = audio_format_of(event)

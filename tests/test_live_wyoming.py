@@ -157,6 +157,17 @@ async def test_transcriptions_follow_one_another_on_one_connection(wyoming_serve
     assert "fellow americans" in second.lower() and "country" not in second.lower()
 
 
+async def test_a_client_may_send_the_next_transcription_before_the_transcript(wyoming_server,
+                                                                              jfk: bytes) -> None:
+    async with AsyncTcpClient("127.0.0.1", wyoming_port(wyoming_server)) as client:
+        await send_audio(client, jfk)
+        await send_audio(client, jfk[:5 * 32000])  # at once: nothing of it may be taken by the first
+        first = transcript_of(await read_answer(client))
+        second = transcript_of(await read_answer(client))
+    assert wer(JFK_TEXT, first) <= 0.10
+    assert "fellow americans" in second.lower() and "country" not in second.lower()
+
+
 async def test_streaming_sends_start_chunks_transcript_stop(wyoming_server, jfk: bytes) -> None:
     events = await transcribe(wyoming_port(wyoming_server), jfk)
     kinds = [e.type for e in events]
@@ -205,6 +216,8 @@ BAD_INPUT = {
     "garbage mid-stream": (START + event_bytes(AudioChunk(RATE, 2, 1, bytes(3200)).event()) + b"%%%\n",
                            "bad_event"),
     "unknown event mid-stream": (START + event_bytes(Event("detect")), "unknown_type"),
+    "8-bit audio-start mid-stream": (START + event_bytes(AudioChunk(RATE, 2, 1, bytes(3200)).event())
+                                     + event_bytes(AudioStart(RATE, 1, 1).event()), "bad_audio_format"),
     "chunk format unlike audio-start": (START + event_bytes(AudioChunk(8000, 2, 1, bytes(1600)).event()),
                                         "bad_audio_format"),
 }
