@@ -27,6 +27,7 @@ from .audio_format import AudioFormat
 from .config import Config
 from .errors import AuthError, CapacityError, ProtocolError, RequestError, SttServerError
 from .handshake import SessionContext
+from .metrics import Metrics
 from .protocols.registry import Endpoint
 from .protocols.wyoming import Preamble, SessionRequest, WyomingProtocol, runner_frame
 from .protocols.wyoming_wire import (
@@ -97,6 +98,7 @@ class WyomingConnection:
                     break
                 for event in self._decoder.feed(data):
                     await self._events.put(event)
+                self._decoder.feed(b"")  # bad bytes after those events: now their error
         except ProtocolError as error:
             end = error
         except OSError as exc:  # a reset
@@ -174,9 +176,11 @@ class WyomingSessionConnection:
     for one transcription on a Wyoming connection. A close with 1000 (the client's audio-stop,
     every final sent) leaves the TCP connection open for the next transcription."""
 
-    def __init__(self, connection: WyomingConnection, protocol: WyomingProtocol, audio: AudioFormat) -> None:
+    def __init__(self, connection: WyomingConnection, protocol: WyomingProtocol, audio: AudioFormat, *,
+                 metrics: Metrics) -> None:
         self.connection = connection
         self.protocol = protocol
+        self.metrics = metrics  # errors found here (bad bytes) are counted as the runner's are
         self.audio = audio  # audio-start's; each chunk says its format too, and must agree
         self.close_code: int | None = None
         self.close_reason = ""
@@ -251,6 +255,7 @@ class WyomingSessionConnection:
             await self.connection.finish()
 
     async def _fail(self, error: ProtocolError) -> None:
+        self.metrics.errors.labels(error.code).inc()
         self.protocol.failed = True
         self.close_code = error.close_code
         await self.connection.send_error(error)
@@ -487,7 +492,7 @@ class WyomingListener:
             return False
         protocol = WyomingProtocol(language=context.params.language,
                                    streaming=self.config.wyoming.transcript_streaming)
-        session = WyomingSessionConnection(connection, protocol, request.audio)
+        session = WyomingSessionConnection(connection, protocol, request.audio, metrics=server.metrics)
         connection.in_session = True
         try:
             await server.run_session(session, context, protocol)

@@ -17,7 +17,7 @@ import regression_set
 from accuracy_set import TALE, wer
 from conftest import LiveServer, start_live_server
 from ops_support import metric, scrape
-from support import JFK_FLAC, JFK_TEXT, chunked, load_pcm16, stream_audio
+from support import JFK_FLAC, JFK_TEXT, chunked, load_pcm16, stream_audio, wait_until
 from test_hardening_live import server_log
 from test_ops_cli import ServerProcess
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk
@@ -276,12 +276,16 @@ async def test_sessions_count_in_metrics_as_wyoming(make_server, jfk: bytes) -> 
     live = make_server(WYOMING)
     await transcribe(wyoming_port(live), jfk)
     await error_then_close(wyoming_port(live), BAD_INPUT["unknown provider"][0])
+    await error_then_close(wyoming_port(live), BAD_INPUT["garbage mid-stream"][0])
+    await wait_until(lambda: not live.server.open_sessions(), 30, "the sessions' end")
     samples = scrape(live.http_url)
-    assert metric(samples, "stt_sessions_opened_total", provider="whisper", protocol="wyoming") == 1
+    assert metric(samples, "stt_sessions_opened_total", provider="whisper", protocol="wyoming") == 2
     assert metric(samples, "stt_sessions_closed_total", provider="whisper", protocol="wyoming", code="1000") == 1
     assert metric(samples, "stt_sessions_active", provider="whisper", protocol="wyoming") == 0
-    assert metric(samples, "stt_audio_bytes_total", provider="whisper") == len(jfk)
+    assert metric(samples, "stt_audio_bytes_total", provider="whisper") == len(jfk) + 3200  # + the bad session's
     assert metric(samples, "stt_errors_total", code="bad_request") == 1
+    assert metric(samples, "stt_errors_total", code="bad_event") == 1
+    assert metric(samples, "stt_sessions_closed_total", provider="whisper", protocol="wyoming", code="1008") == 1
 
 
 async def test_the_tied_tokens_max_sessions_applies(make_server, jfk: bytes) -> None:

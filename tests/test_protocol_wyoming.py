@@ -110,6 +110,16 @@ def test_bad_bytes_are_a_protocol_error(data: bytes, code: str) -> None:
     assert raised.value.code == code
 
 
+def test_events_before_bad_bytes_come_first_then_the_error() -> None:
+    decoder = FrameDecoder()
+    good = encode_event(WyomingEvent("audio-start", {"rate": 16000, "width": 2, "channels": 1}))
+    assert [e.type for e in decoder.feed(good + b"%%%\n")] == ["audio-start"]
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"")
+    with pytest.raises(ProtocolError):  # and stays failed
+        decoder.feed(good)
+
+
 def test_a_huge_payload_length_is_refused_from_the_header_alone() -> None:
     decoder = FrameDecoder(max_payload_bytes=1 << 20)
     with pytest.raises(ProtocolError, match="payload_length 2147483648 is over") as raised:

@@ -82,13 +82,16 @@ class FrameDecoder:
     """Bytes from the socket, fed as they come → complete events, in order.
 
     After a :class:`ProtocolError` the stream cannot be resynchronised (the next header's start
-    is unknown): the caller reports it and closes.
+    is unknown): the caller reports it and closes. Events that came before the bad bytes come
+    first: the error is raised by the call that found it when it decoded no event, else by the
+    next call (``feed(b"")`` will do).
     """
 
     def __init__(self, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES) -> None:
         self.max_payload_bytes = max_payload_bytes
         self._buffer = bytearray()
         self._header: _Header | None = None
+        self._error: ProtocolError | None = None
 
     @property
     def buffered(self) -> int:
@@ -101,10 +104,18 @@ class FrameDecoder:
         return bool(self._buffer) or self._header is not None
 
     def feed(self, data: bytes) -> list[WyomingEvent]:
+        if self._error is not None:
+            raise self._error
         self._buffer += data
-        events = []
-        while (event := self._next()) is not None:
-            events.append(event)
+        events: list[WyomingEvent] = []
+        try:
+            while (event := self._next()) is not None:
+                events.append(event)
+        except ProtocolError as error:
+            self._error = error
+            self._buffer.clear()
+            if not events:
+                raise
         return events
 
     def _next(self) -> WyomingEvent | None:
