@@ -27,6 +27,8 @@ from wyoming.error import Error
 from wyoming.event import Event, async_read_event
 from wyoming.info import Describe, Info
 
+from stt_server.errors import ConfigError
+
 RATE = 16_000
 CHUNK = 3200  # 0.1 s of 16-bit mono, about what Home Assistant sends
 WYOMING = {"wyoming": {"enabled": True, "port": 0, "token": "alice"}}
@@ -147,6 +149,17 @@ async def test_real_speech_through_wyoming_matches_v1_listen(wyoming_server, jfk
     assert wyoming_wer <= 0.10
 
 
+async def test_transcribe_names_an_engine_or_one_of_its_models(wyoming_server, jfk: bytes) -> None:
+    port = wyoming_port(wyoming_server)
+    assert wer(JFK_TEXT, transcript_of(await transcribe(port, jfk, name="tiny.en"))) <= 0.10
+    assert transcript_of(await transcribe(port, jfk, name="null")) == ""  # the null engine hears nothing
+
+
+def test_a_wyoming_token_name_not_in_the_token_file_stops_the_start(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="wyoming.token: no token named 'nobody'"):
+        start_live_server(tmp_path, {"wyoming": {"enabled": True, "port": 0, "token": "nobody"}})
+
+
 async def test_transcriptions_follow_one_another_on_one_connection(wyoming_server, jfk: bytes) -> None:
     async with AsyncTcpClient("127.0.0.1", wyoming_port(wyoming_server)) as client:
         await send_audio(client, jfk)
@@ -212,6 +225,7 @@ BAD_INPUT = {
     "audio before audio-start": (event_bytes(AudioChunk(RATE, 2, 1, bytes(3200)).event()), "audio_before_start"),
     "8-bit audio": (event_bytes(AudioStart(RATE, 1, 1).event()), "bad_audio_format"),
     "unknown provider": (event_bytes(Transcribe(name="nope").event()) + START, "bad_request"),
+    "model not enabled": (event_bytes(Transcribe(name="base").event()) + START, "bad_request"),
     "language the engine lacks": (event_bytes(Transcribe(language="de").event()) + START, "bad_request"),
     "garbage mid-stream": (START + event_bytes(AudioChunk(RATE, 2, 1, bytes(3200)).event()) + b"%%%\n",
                            "bad_event"),
