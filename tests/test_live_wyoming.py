@@ -408,3 +408,13 @@ async def test_sigterm_mid_transcription_delivers_the_whole_transcript_and_exits
         assert not [e for e in server.events if e.get("level") == "error" or "Traceback" in json.dumps(e)]
     finally:
         await server.close()
+
+
+async def test_an_idle_transcription_ends_with_an_error_event(make_server, jfk: bytes) -> None:
+    live = make_server({**WYOMING, "limits": {"idle_timeout_seconds": 1}})
+    async with AsyncTcpClient("127.0.0.1", wyoming_port(live)) as client:
+        await client.write_event(AudioStart(RATE, 2, 1).event())
+        await client.write_event(AudioChunk(RATE, 2, 1, jfk[:3 * 32000]).event())
+        events = await read_answer(client, timeout=30)  # no more audio, no audio-stop
+    assert events[-1].type == "error" and "transcript" not in [e.type for e in events]
+    assert Error.from_event(events[-1]).code == "idle_timeout"

@@ -241,19 +241,19 @@ def test_a_drain_that_read_to_audio_stop_sends_the_transcript() -> None:
     assert events_in(protocol.ending(1001, DRAIN_REASON)) == [WyomingEvent("transcript", {"text": "all of it"})]
 
 
-@pytest.mark.parametrize(("code", "reason", "untranscribed", "says"), [
-    (1001, DRAIN_UNANSWERED_REASON, 0.0, "did not answer"),
-    (1011, "idle_timeout: no audio or KeepAlive for 10 s", 0.0, "idle_timeout"),
-    (1008, "max_duration: sessions are limited to 3600 s", 0.0, "max_duration"),
-    (1000, "", 2.5, "2.5 s of the audio received were not transcribed"),
+@pytest.mark.parametrize(("code", "reason", "untranscribed", "says", "error_code"), [
+    (1001, DRAIN_UNANSWERED_REASON, 0.0, "did not answer", "draining"),
+    (1011, "idle_timeout: no audio or KeepAlive for 10 s", 0.0, "idle_timeout", "idle_timeout"),
+    (1008, "max_duration: sessions are limited to 3600 s", 0.0, "max_duration", "max_duration"),
+    (1011, "untranscribed_audio", 2.5, "2.5 s of the audio received were not transcribed", "incomplete"),
 ])
 def test_an_incomplete_transcription_ends_with_an_error_never_a_short_transcript(
-        code: int, reason: str, untranscribed: float, says: str) -> None:
+        code: int, reason: str, untranscribed: float, says: str, error_code: str) -> None:
     protocol = WyomingProtocol()
     protocol.result(final("only the start", 0, 1))
     protocol.closing(untranscribed)
     (event,) = events_in(protocol.ending(code, reason))
-    assert event.type == "error" and says in event.data["text"]
+    assert event.type == "error" and says in event.data["text"] and event.data["code"] == error_code
     assert protocol.failed and protocol.ending(code, reason) == []
 
 

@@ -186,11 +186,13 @@ class WyomingProtocol(WireProtocol):
                 return [transcript]
             return [*self._start(), transcript, frame(WyomingEvent(TRANSCRIPT_STOP))]
         self.failed = True
-        code_name, _, _ = reason.partition(":")
+        prefix, colon, _ = reason.partition(":")  # "idle_timeout: no audio ..." names its code
+        code_name = prefix if colon and prefix.isidentifier() else (
+            "draining" if code == CLOSE_GOING_AWAY else "incomplete")
         text = f"transcription not complete: {reason or 'closed'}"
         if self._untranscribed > 0 and "not transcribed" not in text:
             text += f"; {self._untranscribed:.1f} s of the audio received were not transcribed"
-        return [frame(error_event(text, code_name.strip() or "incomplete"))]
+        return [frame(error_event(text, code_name))]
 
     def _start(self) -> list[str]:
         if self._started:
