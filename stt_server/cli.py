@@ -104,11 +104,11 @@ def check_wyoming_token(config: Config, read: TokenFileRead) -> None:
         raise ConfigError(f"{where}: wyoming.token: cannot check {config.wyoming.token!r}: {read.error}")
     try:
         read.table.named(config.wyoming.token)
-    except SttServerError:
+    except SttServerError as error:
         names = ", ".join(entry.name for entry in read.table.entries[:10]) or "none"
-        raise ConfigError(f"{where}: wyoming.token: no token named {config.wyoming.token!r} in "
-                          f"{config.resolve_path(config.tokens.file)} (names there: {names}); give the "
-                          "token's name, the second column, not the token itself") from None
+        raise ConfigError(f"{where}: wyoming.token: {error.message} ({config.resolve_path(config.tokens.file)}; "
+                          f"names there: {names}); give a token's name, the second column, not the token "
+                          "itself") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

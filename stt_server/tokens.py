@@ -190,6 +190,10 @@ class TokenTable:
         for entry in self.entries:
             if entry.name == name:
                 return entry
+        holder = self._by_digest.get(digest_of(name))
+        if holder is not None:  # a token pasted where its name goes: never echo it
+            raise AuthError(f"holds a token itself, not a token's name; use its name, {holder.name!r}",
+                            code="token_invalid")
         raise AuthError(f"no token named {name!r} in the token file", code="token_invalid")
 
     @staticmethod

@@ -484,8 +484,8 @@ class WyomingListener:
             await server.admit(context)
         except SttServerError as error:
             if isinstance(error, AuthError) and error.code == "token_invalid":
-                error = AuthError(f"this server's wyoming.token ({self.config.wyoming.token!r}) names no token "
-                                  "in the token file; ask its administrator", code="token_invalid")
+                error = AuthError("this server's wyoming.token names no token in the token file (revoked?); "
+                                  "ask its administrator", code="token_invalid")
             self.log.info("wyoming session refused", peer=connection.peer, code=error.code, reason=error.message)
             server.metrics.refused(error.code, auth=isinstance(error, AuthError))
             await connection.send_error(error)

@@ -418,3 +418,12 @@ async def test_an_idle_transcription_ends_with_an_error_event(make_server, jfk: 
         events = await read_answer(client, timeout=30)  # no more audio, no audio-stop
     assert events[-1].type == "error" and "transcript" not in [e.type for e in events]
     assert Error.from_event(events[-1]).code == "idle_timeout"
+
+
+async def test_a_revoked_tied_token_refuses_sessions_without_naming_it(make_server, jfk: bytes) -> None:
+    live = make_server(WYOMING)
+    lines = live.token_file.read_text().splitlines()
+    live.token_file.write_text("\n".join(line for line in lines if " alice" not in line) + "\n")
+    live.call(live.server.refresh_tokens(force=True))
+    error = await error_then_close(wyoming_port(live), START)
+    assert error.code == "token_invalid" and "alice" not in error.text

@@ -294,9 +294,14 @@ def test_the_token_name_must_be_in_the_token_file() -> None:
 def test_check_config_says_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "tokens.txt").write_text("secret-token-0123456789 alice\n")
     config = tmp_path / "config.yaml"
-    config.write_text("wyoming:\n  enabled: true\n  token: secret-token-0123456789\n")
+    config.write_text("wyoming:\n  enabled: true\n  token: bob\n")
     assert main(["--config", str(config), "check-config"]) == 2
-    assert "wyoming.token: no token named" in capsys.readouterr().err
+    assert "wyoming.token: no token named 'bob'" in capsys.readouterr().err
+    config.write_text("wyoming:\n  enabled: true\n  token: secret-token-0123456789\n")  # the token itself
+    assert main(["--config", str(config), "check-config"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a token itself, not a token's name; use its name, 'alice'" in err
+    assert "secret-token-0123456789" not in err  # never echoed
     config.write_text("wyoming:\n  enabled: true\n  token: alice\n")
     assert main(["--config", str(config), "check-config"]) == 0
 
