@@ -15,9 +15,17 @@ from wyoming.event import Event, read_event, write_event
 from stt_server.audio_format import AudioFormat
 from stt_server.cli import check_wyoming_token, main
 from stt_server.config import from_mapping
-from stt_server.errors import ConfigError, ProtocolError
+from stt_server.errors import AuthError, ConfigError, ProtocolError, RequestError
 from stt_server.protocols import AudioIn, CloseStream, SetAudioFormat
-from stt_server.protocols.wyoming import Preamble, SessionRequest, WyomingProtocol, runner_frame
+from stt_server.protocols.registry import Endpoint
+from stt_server.protocols.wyoming import (
+    Preamble,
+    SessionRequest,
+    WyomingProtocol,
+    describe_programs,
+    runner_frame,
+    session_context,
+)
 from stt_server.protocols.wyoming_wire import (
     MAX_DATA_BYTES,
     MAX_HEADER_BYTES,
@@ -29,10 +37,12 @@ from stt_server.protocols.wyoming_wire import (
     encode_event,
     info_event,
 )
+from stt_server.providers.null import NullOptions, NullProvider
 from stt_server.reload import plan_reload
 from stt_server.results import Result
+from stt_server.session import SessionParams
 from stt_server.session_state import DRAIN_REASON, DRAIN_UNANSWERED_REASON
-from stt_server.tokens import TokenFileRead, TokenTable, parse_token_file
+from stt_server.tokens import TokenEntry, TokenFileRead, TokenTable, parse_token_file
 
 
 def final(text: str, start: float, end: float) -> Result:
@@ -313,3 +323,61 @@ def test_a_reload_keeps_the_listener_and_applies_the_rest() -> None:
     assert plan.needs_restart == ("wyoming.port",)
     assert set(plan.applied) == {"wyoming.token", "wyoming.language"}
     assert plan.config.wyoming.port == 10300 and plan.config.wyoming.token == "other"
+
+
+# --- the preamble's request → session parameters, info's programs ---------------------------------
+
+
+class ModelsProvider(NullProvider):
+    """An engine with models of its own (as Whisper has), without loading one."""
+
+    name = "whisper"
+
+    def model_languages(self) -> dict[str, list[str]]:
+        return {"tiny.en": ["en"], "base": ["en", "de"]}
+
+
+PROVIDERS = {"whisper": ModelsProvider(NullOptions()), "null": NullProvider(NullOptions())}
+TWO = from_mapping({"providers": {"null": {"enabled": True}}})
+PCM = AudioFormat("linear16", 16000, 1, declared=True)
+
+
+def entry(line: str) -> TokenEntry:
+    return parse_token_file(f"secret-token-0123456789 {line}\n")[0][0]
+
+
+def request(name: str | None = None, language: str | None = None) -> SessionRequest:
+    return SessionRequest(name, language, PCM)
+
+
+def test_transcribe_names_an_engine_or_a_model_and_params_are_checked_as_a_urls() -> None:
+    def params(name: str | None, language: str | None = None, token: str = "ha") -> SessionParams:
+        return session_context(request(name, language), config=TWO, providers=PROVIDERS, token=entry(token),
+                               peer="p").params
+    assert (params(None).provider, params(None).model, params(None).language) == ("whisper", None, "en-US")
+    assert (params("null").provider, params("null").model) == ("null", None)
+    assert (params("base", "de").provider, params("base", "de").model, params("base", "de").language) == (
+        "whisper", "base", "de")
+    first = params(None)
+    assert first.endpoint is Endpoint.WYOMING and not first.interim_results and first.audio == PCM
+    with pytest.raises(RequestError, match="unknown program or model 'large'"):
+        params("large")
+    with pytest.raises(RequestError, match="invalid language tag"):
+        params(None, "en US!")
+    with pytest.raises(AuthError, match="may not use provider 'whisper'") as refused:
+        params("base", token="ha providers=null")
+    assert refused.value.code == "provider_forbidden"
+    assert params(None, token="ha models=base").model == "base"  # the token's first model
+    with pytest.raises(AuthError, match="may not use model 'tiny.en'"):
+        params("tiny.en", token="ha models=base")
+
+
+def test_info_has_one_program_per_engine_the_token_may_use_the_default_first() -> None:
+    programs = describe_programs(TWO, PROVIDERS, entry("ha"))
+    assert [(p.name, [(m.name, list(m.languages)) for m in p.models]) for p in programs] == [
+        ("whisper", [("tiny.en", ["en"]), ("base", ["en", "de"])]), ("null", [("null", ["en-US"])])]
+    assert [p.name for p in describe_programs(TWO, PROVIDERS, entry("ha providers=null"))] == ["null"]
+    config = from_mapping({"providers": {"null": {"enabled": True}}, "wyoming": {"provider": "null"}})
+    assert [p.name for p in describe_programs(config, PROVIDERS, None)] == ["null", "whisper"]
+    (whisper, _) = describe_programs(TWO, PROVIDERS, entry("ha models=base"))
+    assert [m.name for m in whisper.models] == ["base"]

@@ -18,22 +18,32 @@ A transcription that ends any other way than by the client's ``audio-stop`` (a l
 the client did not finish in time, an engine failure) ends with an ``error`` event saying so,
 never with a transcript that silently lacks part of the audio.
 
+:func:`session_context` turns the preamble's request into the session's parameters, checked as
+a URL's are, and :func:`describe_programs` the engines into ``info``'s programs.
+
 The runner sees audio chunks as binary frames (their payload) and every other event of the
 transcription as a text frame ``{"type": ..., "data": {...}}`` (:func:`runner_frame`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..audio_format import AudioFormat
-from ..errors import ProtocolError, SttServerError
+from ..config import Config
+from ..errors import AuthError, ProtocolError, RequestError, SttServerError
+from ..handshake import SessionContext
 from ..results import Result
+from ..session import params_from_query
 from ..session_state import CLOSE_GOING_AWAY, CLOSE_NORMAL, DRAIN_REASON
+from ..tokens import TokenEntry
 from .events import AudioIn, ClientEvent, CloseStream, SetAudioFormat, WireProtocol, parse_json_object
+from .registry import Endpoint
 from .wyoming_wire import (
     AUDIO_CHUNK,
     AUDIO_START,
@@ -46,6 +56,8 @@ from .wyoming_wire import (
     TRANSCRIPT_CHUNK,
     TRANSCRIPT_START,
     TRANSCRIPT_STOP,
+    AsrModel,
+    AsrProgram,
     TranscribeRequest,
     WyomingEvent,
     audio_format_of,
@@ -53,6 +65,9 @@ from .wyoming_wire import (
     error_event,
     transcript_event,
 )
+
+if TYPE_CHECKING:
+    from ..providers import Provider
 
 
 def runner_frame(event: WyomingEvent) -> str | bytes:
@@ -200,3 +215,80 @@ class WyomingProtocol(WireProtocol):
         self._started = True
         data = {"language": self.language} if self.language else {}
         return [frame(WyomingEvent(TRANSCRIPT_START, data))]
+
+
+# --- what the engines serve, as Wyoming describes it ---------------------------------------------
+
+
+def engine_models(provider: Provider, default_language: str) -> dict[str, list[str]]:
+    """Model name → the languages it serves, as the engine really has them loaded. An engine
+    that takes any language tag (it passes it on) is listed with the default language."""
+    per_model = getattr(provider, "model_languages", None)
+    if callable(per_model):
+        models = per_model()
+        if models:
+            return {str(name): [str(tag) for tag in tags] for name, tags in models.items()}
+    described = provider.describe().get("model")
+    name = described if isinstance(described, str) and described else provider.name
+    return {name: list(provider.languages() or (default_language,))}
+
+
+def program_order(providers: Mapping[str, Provider], default: str, token: TokenEntry | None) -> list[str]:
+    """The engines a Wyoming client may use, the default first (Home Assistant uses the first)."""
+    names = [name for name in providers if token is None or token.allows(name)]
+    return sorted(names, key=lambda name: name != default)
+
+
+def describe_programs(config: Config, providers: Mapping[str, Provider], token: TokenEntry | None
+                      ) -> list[AsrProgram]:
+    default = config.wyoming.provider or config.server.default_provider
+    language = config.wyoming.language or config.session.language
+    programs = []
+    for name in program_order(providers, default, token):
+        models = engine_models(providers[name], language)
+        if token is not None and token.models is not None:
+            models = {model: tags for model, tags in models.items() if token.allows_model(model)} or models
+        programs.append(AsrProgram(name, f"stt_server {name} engine",
+                                   [AsrModel(model, tags) for model, tags in models.items()],
+                                   config.wyoming.transcript_streaming))
+    return programs
+
+
+def resolve_engine(name: str | None, providers: Mapping[str, Provider], default: str,
+                   default_language: str) -> tuple[str, str | None]:
+    """transcribe's (or select-program's) name → (provider, model or None for its default).
+    The name may be a provider (program) or one of a provider's models."""
+    if not name or name in providers:
+        return name or default, None
+    for provider_name, provider in providers.items():
+        if name in engine_models(provider, default_language):
+            has_models = callable(getattr(provider, "model_languages", None))
+            return provider_name, name if has_models else None
+    raise RequestError(f"unknown program or model {name!r}; describe lists them (programs: "
+                       f"{', '.join(sorted(providers))})", parameter="name", code="bad_request")
+
+
+def session_context(request: SessionRequest, *, config: Config, providers: Mapping[str, Provider],
+                    token: TokenEntry, peer: str) -> SessionContext:
+    """A transcription's parameters, checked as a URL's are, under the tied token's rights."""
+    wyoming = config.wyoming
+    default_language = wyoming.language or config.session.language
+    provider, model = resolve_engine(request.name, providers, wyoming.provider or config.server.default_provider,
+                                     default_language)
+    query = {"provider": provider, "language": request.language or default_language, "encoding": "linear16",
+             "sample_rate": str(request.audio.sample_rate), "channels": str(request.audio.channels),
+             "interim_results": "false"}
+    if model:
+        query["model"] = model
+    params = params_from_query(Endpoint.WYOMING, query, defaults=config.session,
+                               default_provider=config.server.default_provider, providers=providers.keys())
+    if not token.allows(params.provider):
+        raise AuthError(f"the Wyoming token ({token.name!r}) may not use provider {params.provider!r}",
+                        code="provider_forbidden")
+    if token.models is not None:
+        chosen = params.model or token.models[0]
+        if not token.allows_model(chosen):
+            raise AuthError(f"the Wyoming token ({token.name!r}) may not use model {chosen!r} "
+                            f"(allowed: {', '.join(token.models)})", code="model_forbidden")
+        params = dataclasses.replace(params, model=chosen)
+    return SessionContext(session_id=uuid.uuid4().hex, params=params, token=token, peer=peer)
