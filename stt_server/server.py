@@ -211,10 +211,10 @@ class SttServer:
             self._observe_provider(name, provider)
         await self.refresh_tokens(force=True)
         self._ssl = tls_context(self.config)  # before the engines: a bad path fails fast
+        self._check_wyoming_token()
         self._server = await self._bind()
         try:
             if self.wyoming is not None:
-                self.tokens.table.named(self.config.wyoming.token)  # AuthError: not in the file
                 await self._bind_wyoming(self.wyoming)
             await self.load_providers()
             await self.leases.start()
@@ -223,11 +223,6 @@ class SttServer:
                 self.journal = Journal(self.config.resolve_path(journal.file), max_bytes=journal.max_bytes,
                                        backups=journal.backups)
                 await self.journal.open()
-        except AuthError as error:
-            await self.stop()
-            raise ConfigError(f"{self.config.source or 'built-in defaults'}: wyoming.token: {error.message} "
-                              f"({self.config.resolve_path(self.config.tokens.file)}); give a token's name, "
-                              "not the token itself") from None
         except BaseException:
             await self.stop()
             raise
@@ -271,6 +266,17 @@ class SttServer:
             )
         except OSError as exc:  # socket.gaierror is one too: a host name that does not resolve
             raise listen_error(exc, server_config.host, server_config.port, "server") from None
+
+    def _check_wyoming_token(self) -> None:
+        """ConfigError unless ``wyoming.token`` names a token in the token file just read."""
+        if self.wyoming is None:
+            return
+        try:
+            self.tokens.table.named(self.config.wyoming.token)
+        except AuthError as error:
+            raise ConfigError(f"{self.config.source or 'built-in defaults'}: wyoming.token: {error.message} "
+                              f"({self.config.resolve_path(self.config.tokens.file)}); give a token's name, "
+                              "not the token itself") from None
 
     async def _bind_wyoming(self, wyoming: WyomingListener) -> None:
         try:
