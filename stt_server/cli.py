@@ -23,7 +23,15 @@ from . import providers as provider_registry
 from .config import Config, load
 from .errors import ConfigError, ListenError, ProviderError, SttServerError
 from .logs import configure, get_logger
-from .tokens import TokenStore, add_token, ensure_token_file, parse_token_file, revoke_token
+from .tokens import (
+    TokenFileRead,
+    TokenStore,
+    add_token,
+    ensure_token_file,
+    parse_token_file,
+    read_token_file,
+    revoke_token,
+)
 
 if TYPE_CHECKING:
     from .server import WorkerSetup
@@ -84,7 +92,23 @@ def load_config(args: argparse.Namespace) -> Config:
     if token_path.is_dir() or (token_path.exists() and not token_path.is_file()):
         raise ConfigError(f"{config.source or 'built-in defaults'}: tokens.file: {token_path} is "
                           f"{'a directory' if token_path.is_dir() else 'not a regular file'}")
+    if config.wyoming.enabled and token_path.exists():  # a missing file is created, then checked at start
+        check_wyoming_token(config, read_token_file(token_path, max_bytes=config.tokens.max_file_bytes))
     return config
+
+
+def check_wyoming_token(config: Config, read: TokenFileRead) -> None:
+    """ConfigError unless ``wyoming.token`` names a token in the token file just read."""
+    where = config.source or "built-in defaults"
+    if read.table is None:
+        raise ConfigError(f"{where}: wyoming.token: cannot check {config.wyoming.token!r}: {read.error}")
+    try:
+        read.table.named(config.wyoming.token)
+    except SttServerError as error:
+        names = ", ".join(entry.name for entry in read.table.entries[:10]) or "none"
+        raise ConfigError(f"{where}: wyoming.token: {error.message} ({config.resolve_path(config.tokens.file)}; "
+                          f"names there: {names}); give a token's name, the second column, not the token "
+                          "itself") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

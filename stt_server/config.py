@@ -266,6 +266,39 @@ class OpenAIRealtimeConfig:
 
 
 @dataclass(frozen=True)
+class WyomingConfig:
+    """Home Assistant's Wyoming protocol on its own TCP port. Wyoming has no authentication:
+    the listener is off by default, binds to loopback by default, and every session on it is
+    counted as the one token named here (its providers, models and max_sessions apply)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 10300
+    # The NAME (second column) of a token in the token file, never the token itself.
+    token: str = ""
+    # Engine when the client names none ("" = server.default_provider).
+    provider: str = ""
+    # Language when the client names none ("" = session.language).
+    language: str = ""
+    # Send transcript-start/-chunk/-stop as finals come, and say so in info.
+    transcript_streaming: bool = True
+    # Open TCP connections at once; more are answered with an error event and closed.
+    max_connections: int = 16
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.port <= 65535, "wyoming.port", "must be between 0 and 65535")
+        _check(bool(self.host.strip()), "wyoming.host", "must not be empty")
+        _check(not self.enabled or bool(self.token.strip()), "wyoming.token",
+               "is required when wyoming.enabled is true: the name of a token in the token file, whose "
+               "providers, models and max_sessions apply to Wyoming clients (Wyoming has no authentication)")
+        _check(all(c.isalnum() or c in "-_.@" for c in self.token), "wyoming.token",
+               "must be a token's name from the token file (letters, digits, - _ . @), not the token itself")
+        _check(len(self.language) <= 35 and all(c.isalnum() or c in "-_" for c in self.language),
+               "wyoming.language", f"{self.language!r} is not a language tag like en or en-US")
+        _check(1 <= self.max_connections <= 10_000, "wyoming.max_connections", "must be between 1 and 10000")
+
+
+@dataclass(frozen=True)
 class ProviderConfig:
     """One entry of ``providers:``; ``options`` are checked by the provider's own dataclass."""
 
@@ -292,6 +325,7 @@ class Config:
     journal: JournalConfig = JournalConfig()
     cluster: ClusterConfig = ClusterConfig()
     openai_realtime: OpenAIRealtimeConfig = OpenAIRealtimeConfig()
+    wyoming: WyomingConfig = WyomingConfig()
     providers: tuple[ProviderConfig, ...] = tuple(
         ProviderConfig(name, enabled) for name, enabled in BUILTIN_PROVIDER_DEFAULTS.items()
     )
@@ -452,6 +486,11 @@ def from_mapping(data: Any, *, source: str | None = None) -> Config:
         raise ConfigError(
             f"{_where(source)}: server.default_provider: {config.server.default_provider!r} is not an "
             f"enabled provider (enabled: {', '.join(config.enabled_providers()) or 'none'})"
+        )
+    if config.wyoming.provider and config.wyoming.provider not in config.enabled_providers():
+        raise ConfigError(
+            f"{_where(source)}: wyoming.provider: {config.wyoming.provider!r} is not an enabled provider "
+            f"(enabled: {', '.join(config.enabled_providers()) or 'none'})"
         )
     return config
 

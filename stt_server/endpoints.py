@@ -19,11 +19,12 @@ class Endpoint(str, Enum):
     SEED = "seed"  # /ws/transcription/, the Django design's protocol
     ROOT = "root"  # /, vosk-server's protocol or WhisperLive's, told apart by the first message
     OPENAI = "openai"  # /v1/realtime?intent=transcription, OpenAI's Realtime API
+    WYOMING = "wyoming"  # Home Assistant's Wyoming protocol, on its own TCP listener (wyoming: in config)
 
 
 @dataclass(frozen=True)
 class EndpointSpec:
-    path: str  # without a trailing slash; requests may add one
+    path: str | None  # without a trailing slash; requests may add one. None: no websocket path
     # The audio a client sends when its URL names no encoding (and no rate: None, the
     # encoding's usual one).
     default_encoding: str = "linear16"
@@ -42,6 +43,8 @@ ENDPOINTS: Mapping[Endpoint, EndpointSpec] = {
     Endpoint.ROOT: EndpointSpec("/"),
     Endpoint.OPENAI: EndpointSpec("/v1/realtime", default_sample_rate=24_000,
                                   required_query={"intent": "transcription"}, model_in_query=False),
+    Endpoint.WYOMING: EndpointSpec(None),
 }
 
-ENDPOINT_PATHS: Mapping[str, Endpoint] = {spec.path: endpoint for endpoint, spec in ENDPOINTS.items()}
+ENDPOINT_PATHS: Mapping[str, Endpoint] = {spec.path: endpoint for endpoint, spec in ENDPOINTS.items()
+                                          if spec.path is not None}

@@ -20,6 +20,8 @@ RESTART_ONLY = (
     "limits.handshake_timeout_seconds", "limits.ping_interval_seconds", "limits.ping_timeout_seconds",
     "limits.close_timeout_seconds", "limits.engine_call_timeout_seconds",
     "tokens", "logging.format", "tls", "journal", "providers", "cluster",
+    # The Wyoming listener's socket; its token, defaults and limits apply to the next session.
+    "wyoming.enabled", "wyoming.host", "wyoming.port",
 )
 _IGNORED = ("source",)
 

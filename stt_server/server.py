@@ -51,6 +51,7 @@ from .http_routes import RETRY_AFTER_SECONDS, HttpRoutes, error_response, json_r
 from .journal import Journal, final_record
 from .logs import get_logger, set_level
 from .metrics import Metrics
+from .protocols import WireProtocol
 from .protocols.registry import protocol_for
 from .protocols.root import refusal, whisperlive_options
 from .providers import Provider
@@ -59,6 +60,7 @@ from .results import Result
 from .session import endpoint_for_path
 from .session_runner import DRAIN_REASON, SessionRunner
 from .tokens import TokenReload, TokenStore
+from .wyoming_server import WyomingListener
 
 # Frames read ahead of a session (websockets' max_queue); see backpressure in session_runner.
 READ_AHEAD_FRAMES = 4
@@ -85,6 +87,16 @@ class ReplayConnection:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._connection, name)
+
+
+def listen_error(exc: OSError, host: str, port: int, section: str) -> ListenError:
+    """Why a listening socket could not be bound, naming the config keys."""
+    reason = {errno.EADDRINUSE: "the port is already in use",
+              errno.EADDRNOTAVAIL: "the address is not one of this machine's",
+              errno.EACCES: "permission denied (ports below 1024 need privileges)"}.get(
+        exc.errno or 0, exc.strerror or str(exc))
+    where = f"{host}:{port}"
+    return ListenError(f"cannot listen on {where} ({section}.host, {section}.port): {reason}")
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
@@ -139,6 +151,8 @@ class SttServer:
         self._token_reload: asyncio.Task[None] | None = None
         self._forced_token_refresh: asyncio.Future[None] | None = None
         self.http = HttpRoutes(self)
+        # Home Assistant's Wyoming protocol on its own TCP port (wyoming.enabled).
+        self.wyoming: WyomingListener | None = WyomingListener(self) if config.wyoming.enabled else None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -177,8 +191,11 @@ class SttServer:
             self._observe_provider(name, provider)
         await self.refresh_tokens(force=True)
         self._ssl = tls_context(self.config)  # before the engines: a bad path fails fast
+        self._check_wyoming_token()
         self._server = await self._bind()
         try:
+            if self.wyoming is not None:
+                await self._bind_wyoming(self.wyoming)
             await self.load_providers()
             await self.leases.start()
             if self.config.journal.enabled:
@@ -190,6 +207,8 @@ class SttServer:
             await self.stop()
             raise
         await self._server.start_serving()
+        if self.wyoming is not None:
+            await self.wyoming.start_serving()
         self.log.info("listening", url=self.url, providers=sorted(self.providers),
                       journal=str(self.journal.path) if self.journal else None, pid=os.getpid())
 
@@ -226,15 +245,28 @@ class SttServer:
                 reuse_port=self.worker is not None,
             )
         except OSError as exc:  # socket.gaierror is one too: a host name that does not resolve
-            where = f"{server_config.host}:{server_config.port}"
-            reason = {errno.EADDRINUSE: "the port is already in use",
-                      errno.EADDRNOTAVAIL: "the address is not one of this machine's",
-                      errno.EACCES: "permission denied (ports below 1024 need privileges)"}.get(
-                exc.errno or 0, exc.strerror or str(exc))
-            raise ListenError(f"cannot listen on {where} (server.host, server.port): {reason}") from None
+            raise listen_error(exc, server_config.host, server_config.port, "server") from None
+
+    def _check_wyoming_token(self) -> None:
+        """ConfigError unless ``wyoming.token`` names a token in the token file just read."""
+        if self.wyoming is None:
+            return
+        try:
+            self.tokens.table.named(self.config.wyoming.token)
+        except AuthError as error:
+            raise ConfigError(f"{self.config.source or 'built-in defaults'}: wyoming.token: {error.message} "
+                              f"({self.config.resolve_path(self.config.tokens.file)}); give a token's name, "
+                              "not the token itself") from None
+
+    async def _bind_wyoming(self, wyoming: WyomingListener) -> None:
+        try:
+            await wyoming.bind(reuse_port=self.worker is not None)
+        except OSError as exc:
+            raise listen_error(exc, self.config.wyoming.host, self.config.wyoming.port, "wyoming") from None
 
     @property
     def port(self) -> int:
+        """The websocket port (for the Wyoming one: ``server.wyoming.port``)."""
         assert self._server is not None, "start() first"
         return int(self._server.sockets[0].getsockname()[1])
 
@@ -250,6 +282,8 @@ class SttServer:
         if self._server is not None:
             self._server.close(code=1001, reason=DRAIN_REASON)
             await self._server.wait_closed()
+        if self.wyoming is not None:
+            await self.wyoming.stop()
         for provider in self.providers.values():
             await provider.stop()
         if self.journal is not None:
@@ -270,6 +304,8 @@ class SttServer:
         self.draining = True
         self.metrics.draining.set(1)
         self.log.info("draining", sessions=len(self._runners), timeout_s=timeout)
+        if self.wyoming is not None:
+            self.wyoming.stop_accepting()
         for runner in self.open_sessions():
             runner.drain()
         tasks = {task for _, task in self._runners.values()}
@@ -534,6 +570,32 @@ class SttServer:
         if context.params.endpoint is Endpoint.OPENAI:
             return replace(self.config.limits, idle_timeout_seconds=self.config.openai_realtime.idle_timeout_seconds)
         return self.config.limits
+
+    async def admit(self, context: SessionContext) -> None:
+        """The checks a session whose parameters and token are known passes before it runs
+        (what process_request does for a websocket): the engine can serve it, the engine is not
+        too far behind, a slot is free (the lease taken here). SttServerError otherwise."""
+        self.providers[context.params.provider].check_session(context.params)
+        self._check_engine_load(context)
+        await self._take_lease(context)
+
+    async def run_session(self, connection: Any, context: SessionContext, protocol: WireProtocol) -> None:
+        """Run one admitted session that did not come through the websocket handshake (Wyoming)
+        as every session runs: its runner is drained with the rest. The caller releases the lease."""
+        runner = SessionRunner(cast(ServerConnection, connection), context, protocol,
+                               self.providers[context.params.provider], logger=self.log,
+                               on_result=self._on_result if self.journal is not None else None,
+                               limits=self._session_limits(context),
+                               metrics=self.metrics.session(context.params.provider, context.params.endpoint.value))
+        task = asyncio.current_task()
+        assert task is not None
+        self._runners[cast(ServerConnection, connection)] = (runner, task)
+        try:
+            if self.draining:  # admitted just before the drain began
+                runner.drain()
+            await runner.run()
+        finally:
+            self._runners.pop(cast(ServerConnection, connection), None)
 
     async def _release_when_closed(self, connection: ServerConnection) -> None:
         await connection.wait_closed()

@@ -85,13 +85,25 @@ def parse_session(
 ) -> SessionParams:
     """Parse a request target into :class:`SessionParams`, or raise a 400/404 error."""
     path, query = split_target(target)
-    endpoint = endpoint_for_path(path)
+    return params_from_query(endpoint_for_path(path), query, defaults=defaults,
+                             default_provider=default_provider, providers=providers)
+
+
+def params_from_query(
+    endpoint: Endpoint,
+    query: Mapping[str, str],
+    *,
+    defaults: SessionDefaults,
+    default_provider: str,
+    providers: Collection[str],
+) -> SessionParams:
+    """Session parameters from URL-style values, checked as a URL's are (a protocol without a
+    URL, Wyoming, builds them from its own events), or a RequestError naming the parameter."""
     entry = ENDPOINTS[endpoint]
     for name, value in entry.required_query.items():
         if query.get(name) != value:
             raise RequestError(f"{entry.path} serves {name}={value} sessions only; add ?{name}={value} to the URL",
                                parameter=name)
-
     provider = query.get("provider") or query.get("stt_provider") or default_provider
     if provider not in providers:
         raise RequestError(

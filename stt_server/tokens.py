@@ -184,6 +184,18 @@ class TokenTable:
             raise AuthError("unknown token", code="token_invalid")
         return entry
 
+    def named(self, name: str) -> TokenEntry:
+        """The entry called ``name`` (a listener without authentication, Wyoming, is tied to one
+        token by name in the config); AuthError ``token_invalid`` when the file has none."""
+        for entry in self.entries:
+            if entry.name == name:
+                return entry
+        holder = self._by_digest.get(digest_of(name))
+        if holder is not None:  # a token pasted where its name goes: never echo it
+            raise AuthError(f"holds a token itself, not a token's name; use its name, {holder.name!r}",
+                            code="token_invalid")
+        raise AuthError(f"no token named {name!r} in the token file", code="token_invalid")
+
     @staticmethod
     def check_provider(entry: TokenEntry, provider: str) -> None:
         if not entry.allows(provider):

@@ -24,6 +24,7 @@ PROTOCOLS: Mapping[Endpoint, str] = {  # "module:Class"
     Endpoint.SEED: "stt_server.protocols.seed:SeedProtocol",
     Endpoint.ROOT: "stt_server.protocols.root:RootProtocol",
     Endpoint.OPENAI: "stt_server.protocols.openai_realtime:OpenAIRealtimeProtocol",
+    Endpoint.WYOMING: "stt_server.protocols.wyoming:WyomingProtocol",
 }
 
 
