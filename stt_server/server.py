@@ -9,7 +9,6 @@ connections get a :class:`SessionRunner`. ``reload`` applies a new config's safe
 from __future__ import annotations
 
 import asyncio
-import errno
 import http
 import math
 import json
@@ -19,11 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlencode
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
@@ -36,7 +33,6 @@ from .errors import (
     AuthError,
     CapacityError,
     ConfigError,
-    ListenError,
     ProviderError,
     SttServerError,
 )
@@ -47,19 +43,20 @@ from .handshake import (
     accept_session,
     path_for_log,
 )
-from .http_routes import RETRY_AFTER_SECONDS, HttpRoutes, error_response, json_response
+from .http_routes import HttpRoutes, error_response, json_response
 from .journal import Journal, final_record
+from .listening import listen_error, load_certificate, tls_context
 from .logs import get_logger, set_level
 from .metrics import Metrics
 from .protocols import WireProtocol
 from .protocols.registry import protocol_for
-from .protocols.root import refusal, whisperlive_options
 from .providers import Provider
 from .reload import ReloadPlan, plan_reload
 from .results import Result
-from .session import endpoint_for_path
+from .root_admission import admit_after_upgrade, admits_after_upgrade, peer_of
 from .session_runner import DRAIN_REASON, SessionRunner
-from .tokens import TokenReload, TokenStore
+from .token_refresh import TokenRefresher
+from .tokens import TokenStore
 from .wyoming_server import WyomingListener
 
 # Frames read ahead of a session (websockets' max_queue); see backpressure in session_runner.
@@ -69,52 +66,6 @@ DRAIN_STOP_MARGIN = 2.0
 # Longest a handshake waits for a token file reload it triggered (a big file takes seconds to
 # parse); after that it is decided on the table in force, and the new one follows when ready.
 TOKEN_RELOAD_WAIT_SECONDS = 2.0
-
-
-class ReplayConnection:
-    """A connection whose first recv() returns a message already read (a ``/`` session's first
-    message, read to admit it); everything else is the connection's own."""
-
-    def __init__(self, connection: ServerConnection, first: str | bytes) -> None:
-        self._connection = connection
-        self._first: str | bytes | None = first
-
-    async def recv(self) -> str | bytes:
-        if self._first is not None:
-            first, self._first = self._first, None
-            return first
-        return await self._connection.recv()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._connection, name)
-
-
-def listen_error(exc: OSError, host: str, port: int, section: str) -> ListenError:
-    """Why a listening socket could not be bound, naming the config keys."""
-    reason = {errno.EADDRINUSE: "the port is already in use",
-              errno.EADDRNOTAVAIL: "the address is not one of this machine's",
-              errno.EACCES: "permission denied (ports below 1024 need privileges)"}.get(
-        exc.errno or 0, exc.strerror or str(exc))
-    where = f"{host}:{port}"
-    return ListenError(f"cannot listen on {where} ({section}.host, {section}.port): {reason}")
-
-
-def tls_context(config: Config) -> ssl.SSLContext | None:
-    """A server TLS context from ``tls.cert_file``/``key_file``; ConfigError if they cannot be loaded."""
-    if not config.tls.enabled:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    _load_certificate(context, config)
-    return context
-
-
-def _load_certificate(context: ssl.SSLContext, config: Config) -> None:
-    cert, key = config.resolve_path(config.tls.cert_file), config.resolve_path(config.tls.key_file)
-    try:
-        context.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"{config.source or 'built-in defaults'}: tls: cannot load certificate {cert} "
-                          f"and key {key}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -148,7 +99,7 @@ class SttServer:
         self._after_upgrade: dict[ServerConnection, tuple[str, Headers, SttServerError]] = {}
         self._runners: dict[ServerConnection, tuple[SessionRunner, asyncio.Task[Any]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
-        self._token_reload: asyncio.Task[None] | None = None
+        self.token_refresher = TokenRefresher(tokens, self.log)
         self._forced_token_refresh: asyncio.Future[None] | None = None
         self.http = HttpRoutes(self)
         # Home Assistant's Wyoming protocol on its own TCP port (wyoming.enabled).
@@ -327,7 +278,7 @@ class SttServer:
         certificate. Sessions already open keep the limits they started with."""
         plan = plan_reload(self.config, config)
         if self._ssl is not None:  # renewed certificate files; a bad one raises, nothing changed
-            _load_certificate(self._ssl, plan.config)
+            load_certificate(self._ssl, plan.config)
         self.config = plan.config
         set_level(self.config.logging.level)
         # In the background (it logs its own outcome); the reference keeps the task alive.
@@ -363,9 +314,7 @@ class SttServer:
                 request.path, request.headers, config=self.config, tokens=self.tokens.table,
                 providers=self.providers.keys(), peer=self._peer(connection),
             )
-            self.providers[context.params.provider].check_session(context.params)
-            self._check_engine_load(context)
-            await self._take_lease(context)
+            await self.admit(context)
             if "Upgrade" not in request.headers and web.asks_for_check(request.path):
                 # A dry run: browsers hide a refused upgrade's body, so the kiosk page asks first
                 # with a plain GET and shows the server's own reason. The slot the check took to
@@ -375,67 +324,19 @@ class SttServer:
                 return json_response(http.HTTPStatus.OK, json.dumps(body).encode() + b"\n",
                                      {"Cache-Control": "no-store"})
         except SttServerError as error:
-            if self._admits_after_upgrade(path, request, error):
+            if admits_after_upgrade(path, request, error):
                 self._after_upgrade[connection] = (request.path, request.headers, error)
                 return None
             self.log.info("handshake refused", status=error.http_status, code=error.code,
                           path=path_for_log(path), peer=self._peer(connection))
             self.metrics.refused(error.code, auth=isinstance(error, AuthError))
             return error_response(error)
-        self._admit(connection, context)
+        self.remember(connection, context)
         return None
 
-    def _admit(self, connection: ServerConnection, context: SessionContext) -> None:
+    def remember(self, connection: ServerConnection, context: SessionContext) -> None:
+        """The accepted session's context, until its connection is released."""
         self._contexts[connection] = context
-
-    @staticmethod
-    def _admits_after_upgrade(path: str, request: Request, error: SttServerError) -> bool:
-        """On ``/``, a missing token or a full server is decided after the upgrade, from the first
-        message: WhisperLive's client can only send its token, and only read WAIT, in-band."""
-        if "Upgrade" not in request.headers:
-            return False
-        try:
-            root = endpoint_for_path(path) is Endpoint.ROOT
-        except SttServerError:
-            return False
-        missing_token = isinstance(error, AuthError) and error.code == "token_missing"
-        full = isinstance(error, CapacityError) and error.code != "draining"
-        return root and (missing_token or full)
-
-    async def _admit_after_upgrade(self, connection: ServerConnection, target: str, headers: Headers,
-                                   error: SttServerError) -> tuple[SessionContext, ServerConnection] | None:
-        """Read the first message of a ``/`` session refused before the upgrade, and admit it (its
-        token in WhisperLive's options, or a slot freed since) or refuse it in its protocol."""
-        try:
-            first = await asyncio.wait_for(connection.recv(), self.config.limits.handshake_timeout_seconds)
-        except (TimeoutError, ConnectionClosed):
-            await connection.close(error.close_code, error.code)
-            return None
-        try:
-            if self.draining:  # the drain began while the first message was awaited
-                raise CapacityError("the server is shutting down; retry on another instance", code="draining")
-            if isinstance(error, AuthError):
-                options = whisperlive_options(first)
-                if options is None or options.token is None:
-                    raise error
-                target = f"{target}{'&' if '?' in target else '?'}{urlencode({'token': options.token})}"
-            context = accept_session(target, headers, config=self.config, tokens=self.tokens.table,
-                                     providers=self.providers.keys(), peer=self._peer(connection))
-            self.providers[context.params.provider].check_session(context.params)
-            self._check_engine_load(context)
-            await self._take_lease(context)
-        except SttServerError as refused:
-            self.log.info("session refused after the upgrade", code=refused.code, peer=self._peer(connection))
-            self.metrics.refused(refused.code, auth=isinstance(refused, AuthError))
-            try:
-                for frame in refusal(first, refused, wait_minutes=RETRY_AFTER_SECONDS / 60):
-                    await connection.send(frame)
-            except ConnectionClosed:
-                pass
-            await connection.close(refused.close_code, refused.code)
-            return None
-        self._admit(connection, context)
-        return context, cast(ServerConnection, ReplayConnection(connection, first))
 
     async def _process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
         # A handshake that failed after process_request accepted it never reaches _handle.
@@ -477,52 +378,13 @@ class SttServer:
 
     @staticmethod
     def _peer(connection: ServerConnection) -> str:
-        address = connection.remote_address
-        return f"{address[0]}:{address[1]}" if address else "?"
+        return peer_of(connection)
 
     # --- the token file --------------------------------------------------------------------
 
     async def refresh_tokens(self, *, force: bool = False, wait: float | None = None) -> None:
-        """Re-read the token file if it changed (a stat, here), in a worker thread: the event
-        loop goes on serving with the table in force, then swaps in the new one. Concurrent
-        callers share one reload; ``wait`` bounds how long this caller waits for it.
-        ``force`` (start, SIGHUP) reads the file even if it looks unchanged."""
-        running = self._token_reload
-        if running is not None and not running.done():
-            if not force:
-                await self._wait_for_token_reload(running, wait)
-                return
-            await asyncio.shield(running)  # then read again: it may have read the file too early
-        if not force and not self.tokens.changed():
-            return
-        self._token_reload = asyncio.ensure_future(self._reload_tokens())
-        await self._wait_for_token_reload(self._token_reload, wait)
-
-    @staticmethod
-    async def _wait_for_token_reload(task: asyncio.Task[None], wait: float | None) -> None:
-        try:
-            await asyncio.wait_for(asyncio.shield(task), wait)
-        except asyncio.TimeoutError:
-            pass
-
-    async def _reload_tokens(self) -> None:
-        read = await asyncio.to_thread(self.tokens.read)
-        self._log_token_reload(self.tokens.apply(read))
-
-    def _log_token_reload(self, reload: TokenReload) -> None:
-        """One line per reload, and a warning for each kind of trouble (never a line per bad line:
-        a garbage file of millions of lines must not flood the log)."""
-        if reload.error is not None:
-            self.log.warning("token file not used; the last good one stays in force", reason=reload.error,
-                             tokens=reload.after)
-            return
-        if reload.problem_count:
-            self.log.warning("token file: lines skipped", file=str(reload.path), skipped=reload.problem_count,
-                             first=reload.problem_summary())
-        if reload.emptied:
-            self.log.warning("token file holds no valid token: every session will be refused",
-                             file=str(reload.path), tokens=f"{reload.before} → 0")
-        self.log.info("token file loaded", file=str(reload.path), tokens=reload.after)
+        """Re-read the token file if it changed (see TokenRefresher.refresh)."""
+        await self.token_refresher.refresh(force=force, wait=wait)
 
     # --- sessions --------------------------------------------------------------------------
 
@@ -530,7 +392,7 @@ class SttServer:
         session_connection = connection
         after_upgrade = self._after_upgrade.pop(connection, None)
         if after_upgrade is not None:
-            admitted = await self._admit_after_upgrade(connection, *after_upgrade)
+            admitted = await admit_after_upgrade(self, connection, *after_upgrade)
             if admitted is None:
                 return
             _, session_connection = admitted
@@ -544,18 +406,7 @@ class SttServer:
             releaser = asyncio.create_task(self._release_when_closed(connection))
             self._background.add(releaser)
             releaser.add_done_callback(self._background.discard)
-            runner = SessionRunner(session_connection, context, protocol_for(context.params),
-                                   self.providers[context.params.provider], logger=self.log,
-                                   on_result=self._on_result if self.journal is not None else None,
-                                   limits=self._session_limits(context),
-                                   metrics=self.metrics.session(context.params.provider,
-                                                              context.params.endpoint.value))
-            task = asyncio.current_task()
-            assert task is not None
-            self._runners[connection] = (runner, task)
-            if self.draining:  # accepted just before the drain began
-                runner.drain()
-            await runner.run()
+            await self.run_session(session_connection, context, protocol_for(context.params), key=connection)
         except asyncio.CancelledError:  # cut at the drain deadline
             await connection.close(1001, DRAIN_REASON)
             raise
@@ -563,7 +414,6 @@ class SttServer:
             self.log.exception("session failed", **context.log_fields())
             await connection.close(1011, "internal error")
         finally:
-            self._runners.pop(connection, None)
             await self._release(connection)
 
     def _session_limits(self, context: SessionContext) -> LimitsConfig:
@@ -579,9 +429,11 @@ class SttServer:
         self._check_engine_load(context)
         await self._take_lease(context)
 
-    async def run_session(self, connection: Any, context: SessionContext, protocol: WireProtocol) -> None:
-        """Run one admitted session that did not come through the websocket handshake (Wyoming)
-        as every session runs: its runner is drained with the rest. The caller releases the lease."""
+    async def run_session(self, connection: Any, context: SessionContext, protocol: WireProtocol, *,
+                          key: Any = None) -> None:
+        """Run one admitted session (a websocket's, or Wyoming's) as every session runs: its runner
+        is drained with the rest. ``key``: what the session is known by (default ``connection``).
+        The caller releases the lease."""
         runner = SessionRunner(cast(ServerConnection, connection), context, protocol,
                                self.providers[context.params.provider], logger=self.log,
                                on_result=self._on_result if self.journal is not None else None,
@@ -589,13 +441,14 @@ class SttServer:
                                metrics=self.metrics.session(context.params.provider, context.params.endpoint.value))
         task = asyncio.current_task()
         assert task is not None
-        self._runners[cast(ServerConnection, connection)] = (runner, task)
+        key = key or connection
+        self._runners[key] = (runner, task)
         try:
             if self.draining:  # admitted just before the drain began
                 runner.drain()
             await runner.run()
         finally:
-            self._runners.pop(cast(ServerConnection, connection), None)
+            self._runners.pop(key, None)
 
     async def _release_when_closed(self, connection: ServerConnection) -> None:
         await connection.wait_closed()
