@@ -15,15 +15,18 @@ the utterance to its end (bounded by its usual drain timeouts) and sends the who
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from websockets.exceptions import ConnectionClosed
 
 from . import __version__
 from .audio_format import AudioFormat
+from .cluster import SessionLeases
 from .config import Config
 from .errors import AuthError, CapacityError, ProtocolError, SttServerError
+from .handshake import SessionContext
 from .metrics import Metrics
+from .protocols import WireProtocol
 from .protocols.wyoming import (
     Preamble,
     SessionRequest,
@@ -43,11 +46,30 @@ from .protocols.wyoming_wire import (
     error_event,
     info_event,
 )
+from .providers import Provider
 from .session_state import CLOSE_NORMAL, CLOSE_POLICY
-from .tokens import TokenEntry
+from .tokens import TokenEntry, TokenStore
 
-if TYPE_CHECKING:
-    from .server import SttServer
+
+
+class SessionHost(Protocol):
+    """What the listener needs of the server it belongs to (an SttServer): its settings, tokens,
+    engines and metrics, and its admission and session running, so that Wyoming sessions are
+    admitted, run, drained and counted as the websocket ones are."""
+
+    config: Config
+    tokens: TokenStore
+    providers: dict[str, Provider]
+    metrics: Metrics
+    leases: SessionLeases
+    draining: bool
+    log: Any
+
+    async def admit(self, context: SessionContext) -> None: ...
+
+    async def run_session(self, connection: Any, context: SessionContext, protocol: WireProtocol, *,
+                          key: Any = None) -> None: ...
+
 
 # Events decoded ahead of the session: small, so that a session that stops reading
 # (backpressure) stops the socket being read, and TCP slows the client down.
@@ -279,9 +301,9 @@ class WyomingSessionConnection:
 
 
 class WyomingListener:
-    """The TCP listener and its connections, owned by an :class:`SttServer`."""
+    """The TCP listener and its connections, owned by an :class:`~stt_server.server.SttServer`."""
 
-    def __init__(self, server: SttServer) -> None:
+    def __init__(self, server: SessionHost) -> None:
         self.server = server
         self.log = server.log.bind(protocol="wyoming")
         self._listener: asyncio.Server | None = None
