@@ -121,14 +121,8 @@ def shell_blocks() -> list[Block]:
 
 def _prose(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, text) outside fenced blocks, inline code removed."""
-    fence = ""
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        opening = _FENCE.match(line)
-        if opening and (not fence or line.strip().startswith(fence)):
-            fence = "" if fence else opening["fence"]
-            continue
-        if not fence:
-            yield number, _INLINE_CODE.sub("", line)
+    for number, line in _prose_with_code(path):
+        yield number, _INLINE_CODE.sub("", line)
 
 
 def anchors(path: Path) -> set[str]:
@@ -148,6 +142,7 @@ def anchors(path: Path) -> set[str]:
 
 
 def _prose_with_code(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) outside fenced blocks."""
     fence = ""
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         opening = _FENCE.match(line)

@@ -15,9 +15,9 @@ from wyoming.event import Event, read_event, write_event
 from stt_server.audio_format import AudioFormat
 from stt_server.cli import check_wyoming_token, main
 from stt_server.config import from_mapping
+from stt_server.endpoints import Endpoint
 from stt_server.errors import AuthError, ConfigError, ProtocolError, RequestError
 from stt_server.protocols import AudioIn, CloseStream, SetAudioFormat
-from stt_server.endpoints import Endpoint
 from stt_server.protocols.wyoming import (
     Preamble,
     SessionRequest,
