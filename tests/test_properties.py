@@ -66,7 +66,11 @@ scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) 
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=20)
 FIELDS = ["type", "data", "action", "request_id", "voice_stream", "Audio", "KeepAlive", "Finalize",
-          "CloseStream", "transcribe"]
+          "CloseStream", "transcribe",
+          # OpenAI Realtime's
+          "session", "audio", "input", "format", "turn_detection", "transcription", "event_id",
+          "input_audio_format", "input_audio_transcription", "session.update", "transcription_session.update",
+          "input_audio_buffer.append", "input_audio_buffer.commit", "input_audio_buffer.clear"]
 field_values = (st.sampled_from(FIELDS) | st.text(max_size=20) | json_values
                 | st.text(alphabet=string.ascii_letters + string.digits + "+/=", max_size=40)
                 | st.just("data:audio/webm;base64,AAAA") | st.just("\ud800"))

@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openai.types.realtime import RealtimeServerEvent
 from pydantic import TypeAdapter
 
@@ -188,3 +190,32 @@ def test_errors_are_openai_shaped(protocol) -> None:
     assert server["error"]["type"] == "server_error" and server["error"]["event_id"] is None
     with pytest.raises(ProtocolError):
         protocol.parse(b"\x00binary")
+
+
+# Any session.update a client can send: OpenAI's keys, nested, with any JSON values.
+_KEYS = ["type", "audio", "input", "format", "rate", "transcription", "language", "model", "prompt",
+         "turn_detection", "silence_duration_ms", "threshold", "prefix_padding_ms", "noise_reduction",
+         "input_audio_format", "input_audio_transcription", "input_audio_noise_reduction", "strength"]
+_VALUES = (st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True)
+           | st.sampled_from(["transcription", "realtime", "audio/pcm", "audio/pcmu", "pcm16", "g711_alaw",
+                              "server_vad", "semantic_vad", "en", "de-DE", "", "\ud800", 24000, 16000])
+           | st.text(max_size=12))
+_SESSIONS = st.recursive(_VALUES, lambda inner: st.dictionaries(st.sampled_from(_KEYS), inner, max_size=5)
+                         | st.lists(inner, max_size=3), max_leaves=25)
+
+
+@given(session=_SESSIONS, kind=st.sampled_from(["session.update", "transcription_session.update"]))
+@settings(max_examples=300, deadline=None)
+def test_any_update_is_applied_or_refused_in_openai_shape(session: Any, kind: str) -> None:
+    protocol = OpenAIRealtimeProtocol(language="en-US", silence_ms=800)
+    protocol.opening({"session_id": "abc"})
+    try:
+        changes = protocol.parse(json.dumps({"type": kind, "session": session}))
+    except ProtocolError as error:
+        frames = protocol.error(error)
+    else:
+        assert all(isinstance(change, (Reconfigure, SetAudioFormat)) for change in changes)
+        frames = protocol.acknowledge()
+    for frame in frames:
+        frame.encode("utf-8")  # a lone surrogate echoed back would fail the websocket send
+    events(frames)

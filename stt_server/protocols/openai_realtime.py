@@ -208,7 +208,8 @@ def apply_ga_update(settings: TranscriptionSettings, session: Any, default_silen
     param = "session.audio.input"
     if audio_input.get("format") is not None:
         audio_format = _object(audio_input["format"], f"{param}.format")
-        name = GA_FORMAT_NAMES.get(audio_format.get("type", "audio/pcm"))
+        kind = audio_format.get("type", "audio/pcm")
+        name = GA_FORMAT_NAMES.get(kind) if isinstance(kind, str) else None
         if name is None:
             raise RealtimeEventError(f"{param}.format.type must be one of {', '.join(GA_FORMAT_NAMES)}",
                                      code="invalid_value", param=f"{param}.format.type")
@@ -229,7 +230,7 @@ def apply_beta_update(settings: TranscriptionSettings, session: Any,
     session = _object(session, "session")
     if session.get("input_audio_format") is not None:
         name = session["input_audio_format"]
-        if name not in BETA_FORMATS:
+        if not isinstance(name, str) or name not in BETA_FORMATS:
             raise RealtimeEventError(f"session.input_audio_format must be one of {', '.join(BETA_FORMATS)}",
                                      code="invalid_value", param="session.input_audio_format")
         settings = replace(settings, audio_format=name)
@@ -356,8 +357,8 @@ class OpenAIRealtimeProtocol(WireProtocol):
             answer = "session.updated" if kind == "session.update" else "transcription_session.updated"
             self._pending = (settings, answer)
             return self._changes(settings)
-        raise RealtimeEventError(f"unknown or unsupported client event type {kind!r} in a transcription "
-                                 "session", code="invalid_event", param="type")
+        raise RealtimeEventError(f"unknown or unsupported client event type {repr(kind)[:80]} in a "
+                                 "transcription session", code="invalid_event", param="type")
 
     def _changes(self, settings: TranscriptionSettings) -> list[ClientEvent]:
         events: list[ClientEvent] = []
