@@ -60,7 +60,9 @@ MAX_SILENCE_MS = 60_000
 
 
 def _dumps(message: Mapping[str, Any]) -> str:
-    return json.dumps(message, ensure_ascii=False)
+    # ASCII escapes: a client's string echoed back (an event_id, a prompt) may hold a lone
+    # surrogate, which the websocket's UTF-8 cannot carry; "\ud800" in JSON text it can.
+    return json.dumps(message)
 
 
 def _event_id() -> str:
