@@ -141,12 +141,18 @@ def accept_session(
                             code="not_found")
     token = token_from_request(target, headers, offered_subprotocols(headers))
     entry = tokens.authenticate(token)
-    tokens.check_provider(entry, params.provider)
-    if entry.models is not None:
-        model = params.model or entry.models[0]
-        tokens.check_model(entry, model)
-        params = replace(params, model=model)
-    return SessionContext(session_id=uuid.uuid4().hex, params=params, token=entry, peer=peer)
+    return SessionContext(session_id=uuid.uuid4().hex, params=within_rights(entry, params), token=entry, peer=peer)
+
+
+def within_rights(entry: TokenEntry, params: SessionParams) -> SessionParams:
+    """``params`` as ``entry`` may use them, or ForbiddenError: its provider, and its model (a
+    token limited to some models gets the first of them when the session names none)."""
+    TokenTable.check_provider(entry, params.provider)
+    if entry.models is None:
+        return params
+    model = params.model or entry.models[0]
+    TokenTable.check_model(entry, model)
+    return replace(params, model=model)
 
 
 # Paths that are logged as they are; any other path may carry a secret (a token pasted in as

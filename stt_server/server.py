@@ -312,7 +312,7 @@ class SttServer:
                                     code="draining")
             context = accept_session(
                 request.path, request.headers, config=self.config, tokens=self.tokens.table,
-                providers=self.providers.keys(), peer=self._peer(connection),
+                providers=self.providers.keys(), peer=peer_of(connection),
             )
             await self.admit(context)
             if "Upgrade" not in request.headers and web.asks_for_check(request.path):
@@ -328,7 +328,7 @@ class SttServer:
                 self._after_upgrade[connection] = (request.path, request.headers, error)
                 return None
             self.log.info("handshake refused", status=error.http_status, code=error.code,
-                          path=path_for_log(path), peer=self._peer(connection))
+                          path=path_for_log(path), peer=peer_of(connection))
             self.metrics.refused(error.code, auth=isinstance(error, AuthError))
             return error_response(error)
         self.remember(connection, context)
@@ -376,9 +376,6 @@ class SttServer:
         await self.leases.acquire(LeaseRequest(context.session_id, context.token.name, token_limit,
                                                limits.max_sessions))
 
-    @staticmethod
-    def _peer(connection: ServerConnection) -> str:
-        return peer_of(connection)
 
     # --- the token file --------------------------------------------------------------------
 

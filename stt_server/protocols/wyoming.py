@@ -27,7 +27,6 @@ transcription as a text frame ``{"type": ..., "data": {...}}`` (:func:`runner_fr
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import uuid
 from collections.abc import Callable, Mapping
@@ -36,14 +35,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..audio_format import AudioFormat
 from ..config import Config
-from ..errors import AuthError, ProtocolError, RequestError, SttServerError
-from ..handshake import SessionContext
+from ..endpoints import Endpoint
+from ..errors import ProtocolError, RequestError, SttServerError
+from ..handshake import SessionContext, within_rights
 from ..results import Result
 from ..session import params_from_query
 from ..session_state import CLOSE_GOING_AWAY, CLOSE_NORMAL, DRAIN_REASON
 from ..tokens import TokenEntry
 from .events import AudioIn, ClientEvent, CloseStream, SetAudioFormat, WireProtocol, parse_json_object
-from ..endpoints import Endpoint
 from .wyoming_wire import (
     AUDIO_CHUNK,
     AUDIO_START,
@@ -282,13 +281,4 @@ def session_context(request: SessionRequest, *, config: Config, providers: Mappi
         query["model"] = model
     params = params_from_query(Endpoint.WYOMING, query, defaults=config.session,
                                default_provider=config.server.default_provider, providers=providers.keys())
-    if not token.allows(params.provider):
-        raise AuthError(f"the Wyoming token ({token.name!r}) may not use provider {params.provider!r}",
-                        code="provider_forbidden")
-    if token.models is not None:
-        chosen = params.model or token.models[0]
-        if not token.allows_model(chosen):
-            raise AuthError(f"the Wyoming token ({token.name!r}) may not use model {chosen!r} "
-                            f"(allowed: {', '.join(token.models)})", code="model_forbidden")
-        params = dataclasses.replace(params, model=chosen)
-    return SessionContext(session_id=uuid.uuid4().hex, params=params, token=token, peer=peer)
+    return SessionContext(session_id=uuid.uuid4().hex, params=within_rights(token, params), token=token, peer=peer)
