@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 from collections.abc import Iterator
 
@@ -24,13 +25,16 @@ from stt_server.providers.base import TranscriptionStream
 from stt_server.providers.segmenter import Cut, Segmenter
 from stt_server.providers.whisper import WhisperOptions, WhisperProvider, whisper_language
 from stt_server.providers.whisper_decode import Decoded, DecodeRequest, decode_batch
-from stt_server.providers.whisper_stream import make_result
+from stt_server.providers.scheduler import Priority
+from stt_server.providers.whisper_stream import ModelJob, make_result
 from stt_server.results import Result, Word
 from stt_server.session import Endpoint, SessionParams
 
 RATE = 16_000
 CHUNK = 3_200  # 100 ms of PCM16
 JFK = load_pcm16(JFK_FLAC)
+# A request of this many samples stands for another session's work that keeps the engine busy.
+BUSY_SAMPLES = 1_600
 JFK_SECONDS = len(JFK) / 2 / RATE
 
 
@@ -196,6 +200,42 @@ async def test_final_is_decoded_ahead_of_the_endpoint(provider: WhisperProvider,
     assert collector.finals[0].speech_final and (collector.finals[0].start, collector.finals[0].end) == (
         speculation[0] / RATE, speculation[1] / RATE)
     assert decoded == [True]  # the decode ahead was the final's
+
+
+@pytest.mark.slow
+async def test_no_decode_ahead_in_a_short_utterance_while_the_engine_works(
+        provider: WhisperProvider, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short utterance's decode ahead is thrown away if speech resumes: it starts only while
+    the engine is idle, never beside another session's work. Its final then comes at the
+    endpoint, the same final."""
+    release = threading.Event()
+    decoded: list[int] = []
+
+    def slow_for_the_other_session(model: object, requests: list[DecodeRequest], settings: object) -> list[Decoded]:
+        if any(request.audio.size == BUSY_SAMPLES for request in requests):
+            release.wait(30)
+        decoded.extend(request.audio.size for request in requests)
+        return decode_batch(model, requests, settings)
+
+    monkeypatch.setattr(whisper_module, "decode_batch", slow_for_the_other_session)
+    other = provider.scheduler_lane()
+    busy = asyncio.ensure_future(other.run(ModelJob(provider.model, DecodeRequest(
+        np.zeros(BUSY_SAMPLES, dtype=np.float32), "en", final=True, words=False)), priority=Priority.FINAL, weight=0.1))
+    stream = provider.open_stream(session(), pcm16_mono(RATE))
+    collector = Collector(stream)
+    try:
+        await asyncio.sleep(0.05)
+        assert not provider.scheduler.is_idle() and provider.scheduler.has_idle_worker()
+        await feed(stream, JFK[:int(2.6 * RATE) * 2] + silence(0.2))  # "And so my fellow Americans", 0.56 s of pause
+        assert stream._speculation is None  # type: ignore[attr-defined]
+    finally:
+        release.set()
+    await asyncio.wait_for(busy, 30)
+    await feed(stream, silence(1.0))
+    await stream.close()
+    await asyncio.wait_for(collector.task, 30)
+    assert "fellow americans" in collector.text.lower() and collector.finals[0].speech_final
+    assert len(decoded) == 2  # the other session's, then this final once, at the endpoint
 
 
 @pytest.mark.slow

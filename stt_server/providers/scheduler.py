@@ -253,6 +253,11 @@ class EngineScheduler(Generic[P, R]):
         with self._lock:
             return self._busy + self._queued < len(self._workers)
 
+    def is_idle(self) -> bool:
+        """No job running or queued: work that may be wasted costs nobody anything now."""
+        with self._lock:
+            return not self._busy and not self._queued
+
     def stats(self) -> SchedulerStats:
         with self._lock:
             return SchedulerStats(self._queued_final_seconds, self._queued, self._busy, len(self._workers),

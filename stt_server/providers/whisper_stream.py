@@ -251,9 +251,12 @@ class WhisperStream(TranscriptionStream):
         (800 ms for the native API), so decoding while the endpoint is still unsure takes up to
         that wait off the final's latency. In a long utterance (``split_after_seconds``) the
         decode is the final's either way: an endpoint, or a split where speech resumes. In a
-        shorter one it is cancelled if speech resumes, so only an idle worker takes it on
-        (checked again on each chunk of the pause): under load those wasted decodes were half
-        of all decodes (16 streams of continuous reading, bench/RESULTS.md).
+        shorter one it is thrown away if speech resumes (a decode already running cannot be
+        stopped), so it starts only while the engine has nothing else to do (checked again on
+        each chunk of the pause): one idle worker was not enough, as every stream that found one
+        started a decode that most often went to waste, and the finals of a burst then queued
+        behind them (16 streams of reading: engine time per stream 0.058 → 0.045, 32
+        desynchronised streams' p95 2.0-2.2 → 1.6 s, bench/RESULTS.md).
         """
         tentative = self._segmenter.tentative_end()
         current = self._speculation
@@ -263,7 +266,7 @@ class WhisperStream(TranscriptionStream):
         if (tentative is None or current is not None or self._segmenter.voiced < self._min_voiced
                 or self._done or self._closing):
             return
-        if not (self._segmenter.splits_at(tentative[1]) or self._provider.scheduler.has_idle_worker()):
+        if not (self._segmenter.splits_at(tentative[1]) or self._provider.scheduler.is_idle()):
             return
         start, end = tentative
         request = self._request(self._audio.float32(start, end), final=True)
