@@ -92,6 +92,27 @@ async def test_queued_finals_are_batched_up_to_max_batch() -> None:
     scheduler.stop()
 
 
+async def test_a_batch_takes_only_jobs_with_its_key_and_passed_over_lanes_keep_their_turn() -> None:
+    """Whisper batches only utterances of one window: a lane whose next job has another key is
+    passed over, and served first when the worker comes back."""
+    engine = RecordingEngine()
+    scheduler = EngineScheduler("t", engine, workers=1, max_batch=4, call_timeout=0,
+                                batch_key=lambda payload: payload[0])
+    scheduler.start()
+    lanes = [scheduler.lane(str(i)) for i in range(5)]
+    blocker = asyncio.ensure_future(lanes[0].run("x", weight=1.0))
+    await _started(scheduler)
+    # Queued while the blocker runs, in round-robin order: a1, b2, a3, b4 (lanes 1-4), then a second job of lane 1.
+    jobs = [asyncio.ensure_future(lanes[i].run(p, weight=1.0))
+            for i, p in ((1, "a1"), (2, "b2"), (3, "a3"), (4, "b4"), (1, "a1'"))]
+    await asyncio.sleep(0.05)
+    engine.gate.set()
+    results = await asyncio.gather(blocker, *jobs)
+    assert results[1:] == ["done:a1", "done:b2", "done:a3", "done:b4", "done:a1'"]
+    assert engine.batches[1:] == [["a1", "a3", "a1'"], ["b2", "b4"]], engine.batches
+    scheduler.stop()
+
+
 async def test_idle_workers_share_the_queue_before_anyone_batches() -> None:
     engine = RecordingEngine()
     scheduler = EngineScheduler("t", engine, workers=2, max_batch=4, call_timeout=0)

@@ -9,7 +9,8 @@ holds a worker for good. The scheduler instead
 * serves finals before interims; an interim still queued is replaced by a newer one of the same
   lane (interims are previews: under load they thin out first, finals are never dropped);
 * hands a worker several queued jobs of one kind at once when the engine can decode a batch in
-  one call (``max_batch``), which raises throughput when the queue is long;
+  one call (``max_batch``), which raises throughput when the queue is long; with a
+  ``batch_key``, only jobs with the first one's key (Whisper: the same model and window);
 * bounds the time of each call: a call still running after ``call_timeout`` fails the jobs in it
   with :class:`EngineTimeout` (only the sessions whose call hung), and the worker is replaced
   by a fresh thread (a thread cannot be killed; the stuck one exits when its call returns).
@@ -26,7 +27,7 @@ import enum
 import itertools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -125,11 +126,14 @@ class EngineScheduler(Generic[P, R]):
 
     def __init__(self, name: str, execute: Callable[[Sequence[P]], Sequence[R]], *, workers: int,
                  max_batch: int = 1, call_timeout: float = 60.0,
-                 on_batch: Callable[[int, float, Sequence[float]], None] | None = None) -> None:
+                 on_batch: Callable[[int, float, Sequence[float]], None] | None = None,
+                 batch_key: Callable[[P], Hashable] | None = None) -> None:
         self.name = name
         self._execute = execute
         self.workers = workers
         self.max_batch = max(1, max_batch)
+        # Jobs share a batch only with jobs of the same key (None: any jobs of one priority).
+        self._batch_key = batch_key
         self.call_timeout = call_timeout
         # Called (in the worker thread) with batch size, call seconds and each job's queue wait.
         self._on_batch = on_batch
@@ -278,16 +282,27 @@ class EngineScheduler(Generic[P, R]):
         more than this worker's share of the queue: with idle workers beside it, jobs go to them
         in parallel rather than wait in one worker's batch (a batch encodes and aligns its
         members one after another; taking three while the other worker idled made 16 streams'
-        calls p95 1.5 s on the 2-core box, bench/RESULTS.md)."""
+        calls p95 1.5 s on the 2-core box, bench/RESULTS.md). With a batch key, a lane whose
+        next job has another key than the batch's first is passed over and keeps its turn."""
         idle = max(1, len(self._workers) - self._busy)
         share = min(self.max_batch, -(-self._queued // idle))
         for priority in (Priority.FINAL, Priority.INTERIM):
             ring = self._rings[priority]
             batch: list[_Job[P]] = []
+            passed_over: list[Lane] = []
+            served: set[int] = set()
+            key: Hashable = None
             while ring and len(batch) < share:
                 lane = ring.popleft()
                 queue = lane.queues[priority]
+                if self._batch_key is not None:
+                    if not batch:
+                        key = self._batch_key(queue[0].payload)
+                    elif self._batch_key(queue[0].payload) != key:
+                        passed_over.append(lane)
+                        continue
                 job = queue.popleft()
+                served.add(id(lane))
                 if queue:
                     ring.append(lane)
                 self._queued -= 1
@@ -295,6 +310,9 @@ class EngineScheduler(Generic[P, R]):
                     batch.append(job)
                 else:  # cancelled while queued
                     self._dequeued_locked(job, queued=False)
+            # Passed over, a lane keeps its place; one already served in this batch goes last.
+            ring.extendleft(reversed([lane for lane in passed_over if id(lane) not in served]))
+            ring.extend(lane for lane in passed_over if id(lane) in served)
             if batch:
                 return batch
         return []

@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,7 @@ from . import whisper_models
 from .base import Provider, TranscriptionStream
 from .scheduler import EngineScheduler, Lane, SchedulerStats
 from .toolkit import match_language
-from .whisper_decode import MAX_BATCH, Decoded, DecodeRequest, DecodeSettings, decode_batch
+from .whisper_decode import MAX_BATCH, Decoded, DecodeRequest, DecodeSettings, decode_batch, request_window
 from .whisper_full_window import decode_full_window
 from .whisper_options import WhisperOptions
 from .whisper_stream import ModelJob, WhisperStream
@@ -101,7 +101,7 @@ class WhisperProvider(Provider):
         self.scheduler: EngineScheduler[ModelJob, Decoded] = EngineScheduler(
             "whisper", self._decode_batch, workers=options.workers,
             max_batch=1 if options.full_window else MAX_BATCH,
-            call_timeout=self.call_timeout, on_batch=self._batch_done)
+            call_timeout=self.call_timeout, on_batch=self._batch_done, batch_key=self._batch_key)
         # VAD is ~1 ms a chunk: its own thread, so endpointing never waits behind a decode.
         self._vad_pool: ThreadPoolExecutor | None = None
         self._lanes = itertools.count(1)
@@ -275,6 +275,10 @@ class WhisperProvider(Provider):
             for index, decoded in zip(indexes, decode_batch(model, [jobs[i].request for i in indexes], settings)):
                 results[index] = decoded
         return [decoded for decoded in results if decoded is not None]
+
+    def _batch_key(self, job: ModelJob) -> Hashable:
+        """Jobs that decode_batch runs in one call: the same model, kind and window."""
+        return id(job.model), job.request.final, request_window(job.request, self._settings)
 
     def _batch_done(self, size: int, seconds: float, waits: Sequence[float]) -> None:
         """Worker thread: pace interims by the recent decode time; feed the metrics."""

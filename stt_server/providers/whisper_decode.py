@@ -9,9 +9,14 @@ CTranslate2 model (``model.model``) is called directly:
   audio, Whisper loops ("Please turn off the kitchen lights. Please turn off ..."); padded with
   faster-whisper's zero-valued mel frames it looped at every pad length tried; with silence,
   2-4 s kept the regression set's WER at or below the full window's (bench/RESULTS.md).
-* **Batching.** Utterances (from any sessions) are generated (beam search) in one CTranslate2
-  call, each padded with silence to the longest member's window; finals and interims are
-  separate calls (different beams). MAX_BATCH: where batching stopped paying on the 2-core box.
+* **Batching.** Utterances (from any sessions) with the same window are generated (beam
+  search) in one CTranslate2 call; finals and interims are separate calls (different beams).
+  A member is never padded to a longer companion's window, so a final is the same alone or
+  batched, whatever else the server decodes: padded to a companion's, jfk's words moved and a
+  real-time client's final lost a word beside a fast uploader. Utterances up to
+  MIN_WINDOW_SECONDS - PAD_SECONDS all have the shortest window and batch freely; longer ones
+  batch with the same length (a burst of streams reading in step). MAX_BATCH: where batching
+  stopped paying on the 2-core box.
   The encoder and the word alignment run one utterance at a time (see ``_encode`` and
   ``_word_timestamps``): their working memory grows with the batch and batching them saved
   no time.
@@ -65,11 +70,12 @@ WINDOW_ROUNDING_FRAMES = 2
 # Requests worth decoding in one call on a 2-core CPU (measured, bench/RESULTS.md): beyond it a
 # batch costs as much per utterance as separate calls and only delays the first result.
 MAX_BATCH = 4
-# Most padded window (s) one beam search decodes together: three utterances of up to 4 s
-# (8 s windows) share a call, two of up to 8 s do, longer ones go alone. The search holds
-# ~0.9 MiB per second of window and two workers search at once: at 40 s (four 10 s windows)
-# the fast sender of bench/capacity.py raised the RSS by 112 MiB, at 24 s by 67 MiB, for the
-# same latency at 16 streams (bench/RESULTS.md); a batch of long windows gains little.
+# Most window (s, members x window) one beam search decodes together: three utterances of up
+# to 4 s (8 s windows) share a call, two of one length up to 8 s do, longer ones go alone.
+# The search holds ~0.9 MiB per second of window and two workers search at once: at 40 s
+# (four 10 s windows) the fast sender of bench/capacity.py raised the RSS by 112 MiB, at 24 s
+# by 67 MiB, for the same latency at 16 streams (bench/RESULTS.md); a batch of long windows
+# gains little.
 MAX_BATCH_WINDOW_SECONDS = 24
 # Tokens the decoder may produce per second of audio (+ a constant), so a loop stops early
 # instead of running to Whisper's 448-token limit; fast speech is ~5 tokens/s.
@@ -202,7 +208,7 @@ def decode_batch(model: Any, requests: Sequence[DecodeRequest], settings: Decode
             outcomes[item.index] = ("", 0.0, ())
     for final in (True, False):
         group = [item for item in items if item.request.final == final and item.index not in outcomes]
-        for part in _by_window_budget(group, settings):
+        for part in _by_window(group, settings):
             for item, outcome in zip(part, _decode_group(model, part, settings, final=final)):
                 outcomes[item.index] = outcome
     seconds = time.perf_counter() - began
@@ -211,23 +217,30 @@ def decode_batch(model: Any, requests: Sequence[DecodeRequest], settings: Decode
             for item in items]
 
 
-def _by_window_budget(items: list[_Item], settings: DecodeSettings) -> list[list[_Item]]:
-    """Consecutive runs of ``items`` whose padded windows (members × the longest window) fit
-    ``settings.max_batch_window_seconds``: the beam search's memory grows with it (~12 MiB per
-    15 s window, for the cross-attention keys and values), and long utterances gain little from
-    sharing a call."""
+def _by_window(items: list[_Item], settings: DecodeSettings) -> list[list[_Item]]:
+    """``items`` in calls of one window each (in order of first appearance), each call within
+    ``settings.max_batch_window_seconds`` (members × window): the beam search's memory grows
+    with it (~12 MiB per 15 s window, for the cross-attention keys and values), and long
+    utterances gain little from sharing a call."""
+    by_width: dict[int, list[_Item]] = {}
+    for item in items:
+        by_width.setdefault(_width(item, settings), []).append(item)
     budget = settings.max_batch_window_seconds * FRAMES_PER_SECOND
     parts: list[list[_Item]] = []
-    widest = 0
-    for item in items:
-        width = window_frames(item.frames, settings.pad_seconds, settings.min_window_seconds)
-        if parts and (len(parts[-1]) + 1) * max(widest, width) <= budget:
-            parts[-1].append(item)
-            widest = max(widest, width)
-        else:
-            parts.append([item])
-            widest = width
+    for width, members in by_width.items():
+        size = max(1, int(budget // width))
+        parts += [members[i:i + size] for i in range(0, len(members), size)]
     return parts
+
+
+def request_window(request: DecodeRequest, settings: DecodeSettings) -> int:
+    """The encoder window (frames) ``request`` is decoded in: only requests with the same window
+    (and model and kind) share a call."""
+    return window_frames(_content_frames(request.audio), settings.pad_seconds, settings.min_window_seconds)
+
+
+def _width(item: _Item, settings: DecodeSettings) -> int:
+    return window_frames(item.frames, settings.pad_seconds, settings.min_window_seconds)
 
 
 def _content_frames(audio: np.ndarray) -> int:
@@ -236,14 +249,14 @@ def _content_frames(audio: np.ndarray) -> int:
 
 
 def _features(model: Any, items: Sequence[_Item], settings: DecodeSettings) -> np.ndarray:
-    """(batch, n_mels, frames): each utterance followed by digital silence up to the longest
-    member's window.
+    """(batch, n_mels, frames): each utterance followed by digital silence up to the window
+    (one width for all: see ``_by_window``).
 
     The silence is added to the *audio*, as Whisper's training data was padded, so the pad
     frames sit at the utterance's own log-mel floor; faster-whisper's zero-valued mel padding
     made short windows loop at every pad length tried (bench/RESULTS.md).
     """
-    width = max(window_frames(item.frames, settings.pad_seconds, settings.min_window_seconds) for item in items)
+    width = max(_width(item, settings) for item in items)
     rows = []
     for item in items:
         audio = np.asarray(item.request.audio, dtype=np.float32)[:item.frames * SAMPLES_PER_FRAME]

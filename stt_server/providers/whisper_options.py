@@ -32,8 +32,8 @@ class WhisperOptions:
     # time) instead of a window sized to the audio, batched: 2-3x the CPU per utterance, for
     # comparison or a model the right-sized window does not suit.
     full_window: bool = False
-    # Most audio window (s) beam-searched in one call (each utterance padded to at least
-    # min_window_seconds): 24 = up to three short ones together; memory grows with it
+    # Most audio window (s, members x window) beam-searched in one call; only utterances with
+    # equal windows share one: 24 = up to three short ones together; memory grows with it
     # (bench/RESULTS.md).
     batch_window_seconds: float = 24.0
     # Shortest encoder window (s): each utterance is padded with silence to at least this
