@@ -10,6 +10,9 @@ Final latency = arrival of a final minus the moment the last audio of its span w
     python bench/capacity.py levels [--levels 1,4,8,16,24,32] [--repeats 4] [--recording jfk|reading [--desync]]
     python bench/capacity.py fast-sender [--minutes 20] [--real-time 3]
     python bench/capacity.py churn [--sessions 500] [--at-once 20]
+
+Options before the scenario: ``--config YAML`` (merged into the server's config),
+``--interim-results`` (clients ask for interims too; only finals are timed).
 """
 
 from __future__ import annotations
@@ -63,6 +66,10 @@ class Session:
         return max((f["start"] + f["duration"] for f in self.finals), default=0.0)
 
 
+# What clients ask for: "false", or "true" with --interim-results (only finals are timed either way).
+INTERIM_RESULTS = "false"
+
+
 async def stream(url: str, token: str, pcm: bytes, *, speed: float, delay: float = 0.0) -> Session:
     """One client: send ``pcm`` (speed 0 = as fast as possible), CloseStream, read to the close."""
     await asyncio.sleep(delay)
@@ -70,7 +77,7 @@ async def stream(url: str, token: str, pcm: bytes, *, speed: float, delay: float
     ends: list[float] = []  # stream seconds at the end of each chunk sent
     sent_at: list[float] = []
     try:
-        ws = await websockets.connect(f"{url}/v1/listen?interim_results=false", max_size=None,
+        ws = await websockets.connect(f"{url}/v1/listen?interim_results={INTERIM_RESULTS}", max_size=None,
                                       additional_headers={"Authorization": f"Token {token}"})
     except websockets.InvalidStatus as refusal:
         session.refused = refusal.response.status_code
@@ -286,7 +293,12 @@ async def main() -> None:
     p.add_argument("--sessions", type=int, default=500)
     p.add_argument("--at-once", type=int, default=20)
     parser.add_argument("--config", default="", help="extra YAML appended to the server's config")
+    parser.add_argument("--interim-results", action="store_true",
+                        help="clients ask for interim results too (the server then decodes interims beside "
+                             "the finals; only the finals are timed)")
     args = parser.parse_args()
+    global INTERIM_RESULTS
+    INTERIM_RESULTS = "true" if args.interim_results else "false"
     random.seed(1)
     pcm = load_pcm16(JFK_FLAC)
     with tempfile.TemporaryDirectory() as folder:
