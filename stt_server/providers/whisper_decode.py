@@ -70,13 +70,13 @@ WINDOW_ROUNDING_FRAMES = 2
 # Requests worth decoding in one call on a 2-core CPU (measured, bench/RESULTS.md): beyond it a
 # batch costs as much per utterance as separate calls and only delays the first result.
 MAX_BATCH = 4
-# Most window (s, members x window) one beam search decodes together: three utterances of up
-# to 4 s (8 s windows) share a call, two of one length up to 8 s do, longer ones go alone.
-# The search holds ~0.9 MiB per second of window and two workers search at once: at 40 s
-# (four 10 s windows) the fast sender of bench/capacity.py raised the RSS by 112 MiB, at 24 s
-# by 67 MiB, for the same latency at 16 streams (bench/RESULTS.md); a batch of long windows
-# gains little.
-MAX_BATCH_WINDOW_SECONDS = 24
+# Most window (s, members x window) one beam search decodes together: four utterances of one
+# length up to 8 s (12 s windows) share a call, two up to 20 s do, longer ones go alone. The
+# search holds ~0.9 MiB per second of window and two workers search at once. At 24 s, 16
+# streams reading in step (the same 7 s finals at once) had their finals at p95 1.8-2.3 s, at 48
+# s 1.38 s, for ~35 MiB more RSS at 32 streams (bench/RESULTS.md). Before windows had to be
+# equal, 48 s had cost a fast uploader's neighbours words (they were padded to its windows).
+MAX_BATCH_WINDOW_SECONDS = 48
 # Tokens the decoder may produce per second of audio (+ a constant), so a loop stops early
 # instead of running to Whisper's 448-token limit; fast speech is ~5 tokens/s.
 MAX_TOKENS_PER_SECOND = 12

@@ -33,9 +33,9 @@ class WhisperOptions:
     # comparison or a model the right-sized window does not suit.
     full_window: bool = False
     # Most audio window (s, members x window) beam-searched in one call; only utterances with
-    # equal windows share one: 24 = up to three short ones together; memory grows with it
+    # equal windows share one: 48 = four of up to 8 s together; memory grows with it
     # (bench/RESULTS.md).
-    batch_window_seconds: float = 24.0
+    batch_window_seconds: float = 48.0
     # Shortest encoder window (s): each utterance is padded with silence to at least this
     # (much shorter windows garble two-word utterances; longer ones cost CPU and memory).
     min_window_seconds: float = 8.0
