@@ -74,7 +74,7 @@ MAX_BATCH = 4
 # length up to 8 s (12 s windows) share a call, two up to 20 s do, longer ones go alone. The
 # search holds ~0.9 MiB per second of window and two workers search at once. At 24 s, 16
 # streams reading in step (the same 7 s finals at once) had their finals at p95 1.8-2.3 s, at 48
-# s 1.38 s, for ~35 MiB more RSS at 32 streams (bench/RESULTS.md). Before windows had to be
+# s 1.38-1.69 s, for ~35 MiB more RSS at 32 streams (bench/RESULTS.md). Before windows had to be
 # equal, 48 s had cost a fast uploader's neighbours words (they were padded to its windows).
 MAX_BATCH_WINDOW_SECONDS = 48
 # Tokens the decoder may produce per second of audio (+ a constant), so a loop stops early
