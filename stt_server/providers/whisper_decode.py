@@ -224,7 +224,7 @@ def _by_window(items: list[_Item], settings: DecodeSettings) -> list[list[_Item]
     utterances gain little from sharing a call."""
     by_width: dict[int, list[_Item]] = {}
     for item in items:
-        by_width.setdefault(_width(item, settings), []).append(item)
+        by_width.setdefault(request_window(item.request, settings), []).append(item)
     budget = settings.max_batch_window_seconds * FRAMES_PER_SECOND
     parts: list[list[_Item]] = []
     for width, members in by_width.items():
@@ -237,10 +237,6 @@ def request_window(request: DecodeRequest, settings: DecodeSettings) -> int:
     """The encoder window (frames) ``request`` is decoded in: only requests with the same window
     (and model and kind) share a call."""
     return window_frames(_content_frames(request.audio), settings.pad_seconds, settings.min_window_seconds)
-
-
-def _width(item: _Item, settings: DecodeSettings) -> int:
-    return window_frames(item.frames, settings.pad_seconds, settings.min_window_seconds)
 
 
 def _content_frames(audio: np.ndarray) -> int:
@@ -256,7 +252,7 @@ def _features(model: Any, items: Sequence[_Item], settings: DecodeSettings) -> n
     frames sit at the utterance's own log-mel floor; faster-whisper's zero-valued mel padding
     made short windows loop at every pad length tried (bench/RESULTS.md).
     """
-    width = max(_width(item, settings) for item in items)
+    width = max(request_window(item.request, settings) for item in items)
     rows = []
     for item in items:
         audio = np.asarray(item.request.audio, dtype=np.float32)[:item.frames * SAMPLES_PER_FRAME]
